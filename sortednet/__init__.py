@@ -1,0 +1,8 @@
+"""sortednet: nested sub-networks for unmodified Hugging Face transformers models."""
+
+from .checkpoint import load, load_submodel, read_metadata
+from .nest import NestedModel, nest
+from .spec import NestingSpace, Subnet
+
+__version__ = "0.1.0"
+__all__ = ["NestedModel", "NestingSpace", "Subnet", "load", "load_submodel", "nest", "read_metadata"]

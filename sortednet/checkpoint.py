@@ -1,0 +1,116 @@
+"""One-file checkpoint: every weight once in a safetensors file, the rest as JSON in its header.
+
+`load_submodel` reads only the bytes of one sub-model (safetensors slices over a memory map).
+Nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from . import hf
+from .families import family_for
+from .nest import NestedModel, build_submodel, nest
+from .spec import NestingSpace, Subnet
+
+FORMAT = "sortednet"
+VERSION = 1
+
+
+def save(nested: NestedModel, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, tuple[int, ...]], str] = {}
+    for key, tensor in nested.base_state_dict().items():
+        ident = (tensor.untyped_storage().data_ptr() + tensor.storage_offset() * tensor.element_size(), tuple(tensor.shape))
+        if ident in seen:  # tied weights (e.g. GPT-2's lm_head and wte) are written once
+            aliases[key] = seen[ident]
+            continue
+        seen[ident] = key
+        tensors[key] = tensor.detach().contiguous()
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_class": hf.class_path(nested.model),
+        "config": nested.model.config.to_dict(),
+        "space": nested.space.to_dict(),
+        "aliases": aliases,
+        **nested.metadata,
+        **(metadata or {}),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", FORMAT: json.dumps(header)})
+    os.replace(tmp, path)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a sortednet checkpoint; a clear one-line error for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(FORMAT)
+            keys = set(f.keys())
+    except Exception as err:  # safetensors raises its own error types for a bad header
+        raise ValueError(f"checkpoint {str(path)!r} is not a readable safetensors file (truncated or corrupt): {err}") from None
+    if raw is None:
+        raise ValueError(f"checkpoint {str(path)!r} is a safetensors file that sortednet did not write (no {FORMAT!r} metadata)")
+    meta = json.loads(raw)
+    if meta.get("version") != VERSION:
+        raise ValueError(f"checkpoint {str(path)!r} has sortednet format version {meta.get('version')}; this sortednet reads {VERSION}")
+    meta["_keys"] = keys
+    _check_size(path, keys)
+    return meta
+
+
+def _check_size(path: Path, keys: set[str]) -> None:
+    """safetensors maps lazily, so a file cut inside its data only fails when read: check the length now."""
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if path.stat().st_size < 8 + header_len + end:
+        raise ValueError(
+            f"checkpoint {str(path)!r} is truncated: {path.stat().st_size} bytes, its header needs {8 + header_len + end}"
+        )
+
+
+def load(path: str | os.PathLike) -> NestedModel:
+    """Rebuild the nested model (every sub-model) from a one-file checkpoint."""
+    meta = read_metadata(path)
+    config = hf.config_from_dict(meta["config"])
+    model = hf.empty_model(hf.model_class(meta["model_class"]), config)
+    aliases = meta.get("aliases", {})
+    with safe_open(str(path), framework="pt") as f:
+        hf.fill_model(model, lambda key, shape: f.get_tensor(aliases.get(key, key)))
+    nested = nest(model, NestingSpace.from_dict(meta["space"]))
+    nested.metadata = {k: v for k, v in meta.items() if k not in _OWN_KEYS}
+    return nested
+
+
+_OWN_KEYS = {"format", "version", "model_class", "config", "space", "aliases", "_keys"}
+
+
+def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
+    """The plain transformers model of one subnet, reading only that subnet's slices of the file."""
+    meta = read_metadata(path)
+    config = hf.config_from_dict(meta["config"])
+    family = family_for(config)
+    full = family.full_sizes(config)
+    space = NestingSpace.from_dict(meta["space"]).bind(full, lambda d, v: family.resolve(full, d, v), None)
+    sizes = space.resolve(subnet)
+    with safe_open(str(path), framework="pt") as f:
+        return build_submodel(hf.model_class(meta["model_class"]), config, family, full, sizes,
+                              lambda key, idx: f.get_slice(key)[idx], meta.get("aliases", {}))

@@ -1,0 +1,113 @@
+"""Sliceable wrappers injected into an unmodified model (PEFT-style: the original module is `base_layer`).
+
+Every wrapper reads the active sizes from one shared `NestState`, so switching a subnet sets a few ints.
+A wrapper slices views of its base weights (`W[:o, :i]`): nothing is copied, and a smaller subnet does
+less work. The input width is the width of what comes in; the output width is read from the state.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+# Roles: which active size an axis follows. "q" = heads * head_dim, "kv" = kv_heads * head_dim.
+ROLES = ("depth", "hidden", "q", "kv", "ffn")
+
+
+class NestState:
+    """The active sizes, shared by every wrapper of one nested model."""
+
+    __slots__ = ROLES
+
+    def __init__(self, sizes: Mapping[str, int]) -> None:
+        self.set(sizes)
+
+    def set(self, sizes: Mapping[str, int]) -> None:
+        for role in ROLES:
+            setattr(self, role, int(sizes[role]))
+
+    def as_dict(self) -> dict[str, int]:
+        return {role: getattr(self, role) for role in ROLES}
+
+
+class SlicedLinear(nn.Module):
+    """`nn.Linear` or GPT-2 `Conv1D` whose output is one or more blocks, each a prefix of its full block.
+
+    `blocks` is ((full_offset, role), ...): a plain projection has one block at offset 0; GPT-2's fused
+    c_attn has three (q, k, v), each sliced on its own.
+    """
+
+    def __init__(self, base_layer: nn.Module, state: NestState, blocks: Sequence[tuple[int, str]], in_role: str):
+        super().__init__()
+        if not isinstance(base_layer, (nn.Linear, Conv1D)):
+            raise TypeError(f"cannot slice {type(base_layer).__name__}; expected nn.Linear or Conv1D")
+        self.base_layer = base_layer
+        self.state = state
+        self.blocks = tuple(blocks)
+        self.out_roles = tuple(role for _, role in self.blocks)
+        self.in_role = in_role
+        self.transposed = isinstance(base_layer, Conv1D)  # Conv1D stores weight as (in, out)
+        w = base_layer.weight
+        self.full_out, self.full_in = (w.shape[1], w.shape[0]) if self.transposed else (w.shape[0], w.shape[1])
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.base_layer.bias
+
+    def _block_widths(self) -> list[int]:
+        return [getattr(self.state, role) for role in self.out_roles]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        widths = self._block_widths()
+        in_width = x.shape[-1]
+        if in_width == self.full_in and sum(widths) == self.full_out:
+            return self.base_layer(x)
+        weight, bias = self.base_layer.weight, self.base_layer.bias
+        if len(widths) == 1:
+            return self._project(x, weight, bias, 0, widths[0], in_width)
+        outs = [self._project(x, weight, bias, off, w, in_width) for (off, _), w in zip(self.blocks, widths, strict=True)]
+        return torch.cat(outs, dim=-1)
+
+    def _project(self, x, weight, bias, offset: int, width: int, in_width: int) -> torch.Tensor:
+        b = None if bias is None else bias[offset : offset + width]
+        if self.transposed:
+            w = weight[:in_width, offset : offset + width]
+            flat = x.reshape(-1, in_width)
+            out = flat @ w if b is None else torch.addmm(b, flat, w)
+            return out.view(*x.shape[:-1], width)
+        return F.linear(x, weight[offset : offset + width, :in_width], b)
+
+    def extra_repr(self) -> str:
+        return f"blocks={self.blocks}, in_role={self.in_role!r}, transposed={self.transposed}"
+
+
+class NestedLayerList(nn.ModuleList):
+    """A layer list that yields only the first `state.depth` layers: skipped layers are never called.
+
+    Indexing by int and `len()` see every layer (state dicts and introspection are unchanged); iterating,
+    and slicing as HF models do (`self.layers[: config.num_hidden_layers]`), see the active prefix.
+    """
+
+    def __init__(self, layers: nn.ModuleList, state: NestState) -> None:
+        super().__init__(list(layers))
+        self.state = state
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return itertools.islice(iter(self._modules.values()), self.state.depth)
+
+    def __getitem__(self, idx):  # type: ignore[override]
+        if isinstance(idx, slice):
+            return list(self)[idx]
+        return super().__getitem__(idx)
+
+    def unnested(self) -> nn.ModuleList:
+        return nn.ModuleList(list(self._modules.values()))

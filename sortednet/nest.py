@@ -1,0 +1,166 @@
+"""nest(): inject sliceable layers into an unmodified model; NestedModel: switch, extract, save."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import hf
+from .cost import param_cost_fn
+from .families import Family, family_for
+from .layers import NestedLayerList, NestState, SlicedLinear
+from .spec import NestingSpace, Subnet
+
+
+def nest(model: nn.Module, space: NestingSpace | str | Mapping[str, Any]) -> NestedModel:
+    """Wrap `model` in place so that every subnet of `space` can run; at the largest it is unchanged."""
+    if isinstance(model, NestedModel):
+        raise ValueError("model is already nested; nest the original model once")
+    if not isinstance(space, NestingSpace):
+        space = NestingSpace.parse(space) if isinstance(space, str) else NestingSpace(dict(space))
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "base_model"):
+        raise ValueError(f"nest() takes a transformers PreTrainedModel; got {type(model).__name__}")
+    family = family_for(config)
+    full = family.full_sizes(config)
+    for dim in space.dims:
+        family.resolve(full, dim, space.values[dim][-1])  # unsupported dims fail here, before any change
+    bound = space.bind(full, lambda d, v: family.resolve(full, d, v), param_cost_fn(model, family, full))
+    return NestedModel(model, bound, family, full)
+
+
+class NestedModel(nn.Module):
+    """An unmodified transformers model with sliceable layers; `use(subnet)` picks the sub-model that runs."""
+
+    def __init__(self, model: nn.Module, space: NestingSpace, family: Family, full: Mapping[str, int]) -> None:
+        super().__init__()
+        self.model = model
+        self.space = space
+        self.family = family
+        self.full = dict(full)
+        self.state = NestState(family.role_sizes(full, {}))
+        self.metadata: dict[str, Any] = {}  # carried into the one-file checkpoint (run config, eval table)
+        self._patched: list[tuple[nn.Module, str, str]] = []
+        self._switch_cache: dict[Subnet | str, tuple[Subnet, dict[str, int]]] = {}
+        self._inject()
+        self._active = space.normalize(space.largest)
+
+    # ---- injection ----------------------------------------------------------------------------
+    def _inject(self) -> None:
+        base = self.model.base_model
+        parent_path, _, name = self.family.layers.rpartition(".")
+        parent = base.get_submodule(parent_path) if parent_path else base
+        layers = NestedLayerList(getattr(parent, name), self.state)
+        setattr(parent, name, layers)
+        full_roles = self.family.role_sizes(self.full, {})
+        for layer in layers._modules.values():
+            for path, proj in self.family.projections.items():
+                owner_path, _, attr = path.rpartition(".")
+                owner = layer.get_submodule(owner_path) if owner_path else layer
+                blocks, offset = [], 0
+                for role in proj.out_roles:
+                    blocks.append((offset, role))
+                    offset += full_roles[role]
+                setattr(owner, attr, SlicedLinear(getattr(owner, attr), self.state, blocks, proj.in_role))
+            for path, role in self.family.layer_attrs.items():
+                owner_path, _, attr = path.rpartition(".")
+                self._patched.append((layer.get_submodule(owner_path), attr, role))
+
+    def unnest(self) -> nn.Module:
+        """Remove the wrappers and give back the plain full model (like PEFT's merge_and_unload)."""
+        self.activate(self.space.largest)
+        base = self.model.base_model
+        parent_path, _, name = self.family.layers.rpartition(".")
+        parent = base.get_submodule(parent_path) if parent_path else base
+        layers = getattr(parent, name)
+        for layer in layers._modules.values():
+            for path in self.family.projections:
+                owner_path, _, attr = path.rpartition(".")
+                owner = layer.get_submodule(owner_path) if owner_path else layer
+                setattr(owner, attr, getattr(owner, attr).base_layer)
+        setattr(parent, name, layers.unnested())
+        return self.model
+
+    # ---- switching ----------------------------------------------------------------------------
+    @property
+    def active(self) -> Subnet:
+        return self._active
+
+    def activate(self, subnet: Subnet | str) -> Subnet:
+        """Make `subnet` the one that runs: sets a few ints, copies and allocates no weights."""
+        cached = self._switch_cache.get(subnet)
+        if cached is None:
+            normal = self.space.normalize(Subnet.parse(subnet))
+            cached = (normal, self.family.role_sizes(self.full, self.space.resolve(normal)))
+            self._switch_cache[subnet] = cached
+        self._active, roles = cached
+        self.state.set(roles)
+        for module, attr, role in self._patched:
+            setattr(module, attr, roles[role])
+        return self._active
+
+    @contextmanager
+    def use(self, subnet: Subnet | str) -> Iterator[NestedModel]:
+        previous = self._active
+        self.activate(subnet)
+        try:
+            yield self
+        finally:
+            self.activate(previous)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
+
+    # ---- sizes --------------------------------------------------------------------------------
+    def sizes(self, subnet: Subnet | str) -> dict[str, int]:
+        """Absolute size of every dimension (full size where the space does not nest it)."""
+        return {**self.full, **self.space.resolve(subnet)}
+
+    def num_params(self, subnet: Subnet | str) -> int:
+        return int(self.space.cost(subnet))
+
+    # ---- export -------------------------------------------------------------------------------
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        """The wrapped model's tensors under the original model's keys (no `base_layer`)."""
+        return {k.replace(".base_layer.", "."): v for k, v in self.model.state_dict().items()}
+
+    def extract(self, subnet: Subnet | str) -> nn.Module:
+        """A plain transformers model of the same class, with the subnet's config and cloned weights."""
+        source = self.base_state_dict()
+        return build_submodel(type(self.model), self.model.config, self.family, self.full, self.space.resolve(subnet),
+                              lambda key, idx: source[key][idx].clone(memory_format=torch.contiguous_format))
+
+    def save(self, path: str, metadata: Mapping[str, Any] | None = None) -> None:
+        """Write every sub-model into one safetensors file (see `sortednet.load`)."""
+        from .checkpoint import save
+
+        save(self, path, metadata)
+
+
+def build_submodel(cls: type, config: Any, family: Family, full: Mapping[str, int], sizes: Mapping[str, int],
+                   read_slice, aliases: Mapping[str, str] | None = None) -> nn.Module:
+    """Build the plain smaller model; `read_slice(key, index)` returns a new tensor for one index tuple."""
+    family.check_export(full, sizes, cls.__name__)
+    small = hf.empty_model(cls, family.sub_config(config, full, sizes))
+    aliases = aliases or {}
+
+    def read(key: str, shape: tuple[int, ...]) -> torch.Tensor:
+        parts, axis = family.slices(key, shape, full, sizes)
+        source = aliases.get(key, key)
+        tensors = [read_slice(source, idx) for idx in parts]
+        out = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=axis)
+        if tuple(out.shape) != shape:
+            raise ValueError(f"{key}: slice has shape {tuple(out.shape)}, the sub-model expects {shape}")
+        return out
+
+    return hf.fill_model(small, read)
