@@ -31,7 +31,10 @@ def save(nested: NestedModel, path: str | os.PathLike, metadata: Mapping[str, An
     aliases: dict[str, str] = {}
     seen: dict[tuple[int, tuple[int, ...]], str] = {}
     for key, tensor in nested.base_state_dict().items():
-        ident = (tensor.untyped_storage().data_ptr() + tensor.storage_offset() * tensor.element_size(), tuple(tensor.shape))
+        ident = (
+            tensor.untyped_storage().data_ptr() + tensor.storage_offset() * tensor.element_size(),
+            tuple(tensor.shape),
+        )
         if ident in seen:  # tied weights (e.g. GPT-2's lm_head and wte) are written once
             aliases[key] = seen[ident]
             continue
@@ -64,12 +67,18 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
             raw = (f.metadata() or {}).get(FORMAT)
             keys = set(f.keys())
     except Exception as err:  # safetensors raises its own error types for a bad header
-        raise ValueError(f"checkpoint {str(path)!r} is not a readable safetensors file (truncated or corrupt): {err}") from None
+        raise ValueError(
+            f"checkpoint {str(path)!r} is not a readable safetensors file (truncated or corrupt): {err}"
+        ) from None
     if raw is None:
-        raise ValueError(f"checkpoint {str(path)!r} is a safetensors file that sortednet did not write (no {FORMAT!r} metadata)")
+        raise ValueError(
+            f"checkpoint {str(path)!r} is a safetensors file that sortednet did not write (no {FORMAT!r} metadata)"
+        )
     meta = json.loads(raw)
     if meta.get("version") != VERSION:
-        raise ValueError(f"checkpoint {str(path)!r} has sortednet format version {meta.get('version')}; this sortednet reads {VERSION}")
+        raise ValueError(
+            f"checkpoint {str(path)!r} has sortednet format version {meta.get('version')}; this sortednet reads {VERSION}"
+        )
     meta["_keys"] = keys
     _check_size(path, keys)
     return meta
@@ -112,5 +121,12 @@ def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
     space = NestingSpace.from_dict(meta["space"]).bind(full, lambda d, v: family.resolve(full, d, v), None)
     sizes = space.resolve(subnet)
     with safe_open(str(path), framework="pt") as f:
-        return build_submodel(hf.model_class(meta["model_class"]), config, family, full, sizes,
-                              lambda key, idx: f.get_slice(key)[idx], meta.get("aliases", {}))
+        return build_submodel(
+            hf.model_class(meta["model_class"]),
+            config,
+            family,
+            full,
+            sizes,
+            lambda key, idx: f.get_slice(key)[idx],
+            meta.get("aliases", {}),
+        )

@@ -30,7 +30,10 @@ def param_cost_fn(model: nn.Module, family: Family, full: Mapping[str, int]):
 
     def cost(sizes: Mapping[str, np.ndarray]) -> np.ndarray:
         n = len(next(iter(sizes.values())))
-        s = {d: np.asarray(sizes[d], dtype=np.int64) if d in sizes else np.full(n, full[d], np.int64) for d in full}
+        s = {
+            d: np.asarray(sizes[d], dtype=np.int64) if d in sizes else np.full(n, full[d], np.int64)
+            for d in full
+        }
         roles = family.role_sizes(full, s)
         per_layer = np.full(n, layer_rest, dtype=np.int64)
         for out_roles, in_role, has_bias in projections:

@@ -50,7 +50,9 @@ def class_path(model: nn.Module) -> str:
 def model_class(name: str) -> type:
     cls = getattr(transformers, name, None)
     if cls is None:
-        raise ValueError(f"model class {name!r} is not a transformers class; the checkpoint needs one of its own")
+        raise ValueError(
+            f"model class {name!r} is not a transformers class; the checkpoint needs one of its own"
+        )
     return cls
 
 

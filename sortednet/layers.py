@@ -42,7 +42,9 @@ class SlicedLinear(nn.Module):
     c_attn has three (q, k, v), each sliced on its own.
     """
 
-    def __init__(self, base_layer: nn.Module, state: NestState, blocks: Sequence[tuple[int, str]], in_role: str):
+    def __init__(
+        self, base_layer: nn.Module, state: NestState, blocks: Sequence[tuple[int, str]], in_role: str
+    ):
         super().__init__()
         if not isinstance(base_layer, (nn.Linear, Conv1D)):
             raise TypeError(f"cannot slice {type(base_layer).__name__}; expected nn.Linear or Conv1D")
@@ -53,7 +55,9 @@ class SlicedLinear(nn.Module):
         self.in_role = in_role
         self.transposed = isinstance(base_layer, Conv1D)  # Conv1D stores weight as (in, out)
         w = base_layer.weight
-        self.full_out, self.full_in = (w.shape[1], w.shape[0]) if self.transposed else (w.shape[0], w.shape[1])
+        self.full_out, self.full_in = (
+            (w.shape[1], w.shape[0]) if self.transposed else (w.shape[0], w.shape[1])
+        )
 
     @property
     def weight(self) -> torch.Tensor:
@@ -74,7 +78,10 @@ class SlicedLinear(nn.Module):
         weight, bias = self.base_layer.weight, self.base_layer.bias
         if len(widths) == 1:
             return self._project(x, weight, bias, 0, widths[0], in_width)
-        outs = [self._project(x, weight, bias, off, w, in_width) for (off, _), w in zip(self.blocks, widths, strict=True)]
+        outs = [
+            self._project(x, weight, bias, off, w, in_width)
+            for (off, _), w in zip(self.blocks, widths, strict=True)
+        ]
         return torch.cat(outs, dim=-1)
 
     def _project(self, x, weight, bias, offset: int, width: int, in_width: int) -> torch.Tensor:

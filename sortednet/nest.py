@@ -36,7 +36,9 @@ def nest(model: nn.Module, space: NestingSpace | str | Mapping[str, Any]) -> Nes
 class NestedModel(nn.Module):
     """An unmodified transformers model with sliceable layers; `use(subnet)` picks the sub-model that runs."""
 
-    def __init__(self, model: nn.Module, space: NestingSpace, family: Family, full: Mapping[str, int]) -> None:
+    def __init__(
+        self, model: nn.Module, space: NestingSpace, family: Family, full: Mapping[str, int]
+    ) -> None:
         super().__init__()
         self.model = model
         self.space = space
@@ -137,8 +139,14 @@ class NestedModel(nn.Module):
     def extract(self, subnet: Subnet | str) -> nn.Module:
         """A plain transformers model of the same class, with the subnet's config and cloned weights."""
         source = self.base_state_dict()
-        return build_submodel(type(self.model), self.model.config, self.family, self.full, self.space.resolve(subnet),
-                              lambda key, idx: source[key][idx].clone(memory_format=torch.contiguous_format))
+        return build_submodel(
+            type(self.model),
+            self.model.config,
+            self.family,
+            self.full,
+            self.space.resolve(subnet),
+            lambda key, idx: source[key][idx].clone(memory_format=torch.contiguous_format),
+        )
 
     def save(self, path: str, metadata: Mapping[str, Any] | None = None) -> None:
         """Write every sub-model into one safetensors file (see `sortednet.load`)."""
@@ -147,8 +155,15 @@ class NestedModel(nn.Module):
         save(self, path, metadata)
 
 
-def build_submodel(cls: type, config: Any, family: Family, full: Mapping[str, int], sizes: Mapping[str, int],
-                   read_slice, aliases: Mapping[str, str] | None = None) -> nn.Module:
+def build_submodel(
+    cls: type,
+    config: Any,
+    family: Family,
+    full: Mapping[str, int],
+    sizes: Mapping[str, int],
+    read_slice,
+    aliases: Mapping[str, str] | None = None,
+) -> nn.Module:
     """Build the plain smaller model; `read_slice(key, index)` returns a new tensor for one index tuple."""
     family.check_export(full, sizes, cls.__name__)
     small = hf.empty_model(cls, family.sub_config(config, full, sizes))

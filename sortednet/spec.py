@@ -25,7 +25,9 @@ def check_value(dim: str, value: object) -> Value:
         raise ValueError(f"{dim}={value!r} is not a number; allowed: an int >= 1 or a fraction in (0, 1]")
     if isinstance(value, (float, np.floating)):
         if not 0.0 < float(value) <= 1.0 or math.isnan(value):
-            raise ValueError(f"{dim}={value!r} is outside (0, 1]; allowed: a fraction in (0, 1] or an int >= 1")
+            raise ValueError(
+                f"{dim}={value!r} is outside (0, 1]; allowed: a fraction in (0, 1] or an int >= 1"
+            )
         return float(value)
     if int(value) < 1:
         raise ValueError(f"{dim}={value!r} is below 1; allowed: an int >= 1 or a fraction in (0, 1]")
@@ -41,7 +43,9 @@ def parse_value(dim: str, text: str) -> Value:
     try:
         value: Value = int(text) if text.lstrip("+-").isdigit() else float(text)
     except ValueError:
-        raise ValueError(f"{dim}={text!r} is not a number; allowed: an int >= 1 or a fraction in (0, 1]") from None
+        raise ValueError(
+            f"{dim}={text!r} is not a number; allowed: an int >= 1 or a fraction in (0, 1]"
+        ) from None
     return check_value(dim, value)
 
 
@@ -131,7 +135,9 @@ class NestingSpace:
             if dim not in DIMENSIONS:
                 raise ValueError(f"unknown dimension {dim!r}; allowed: {', '.join(DIMENSIONS)}")
         if not self.values:
-            raise ValueError(f"nesting space is empty; give sizes for at least one of {', '.join(DIMENSIONS)}")
+            raise ValueError(
+                f"nesting space is empty; give sizes for at least one of {', '.join(DIMENSIONS)}"
+            )
         self.full: dict[str, int] | None = None
         self._resolved: dict[str, tuple[int, ...]] | None = None
         self._cost_fn: CostFn | None = None
@@ -177,10 +183,8 @@ class NestingSpace:
         index = []
         for dim, vals in self.values.items():
             value = subnet.get(dim)
-            if value is None:  # an unspecified dimension is at full size
-                i = self._full_index(dim)
-            else:
-                i = self._find(dim, value)
+            # an unspecified dimension is at full size
+            i = self._full_index(dim) if value is None else self._find(dim, value)
             if i is None:
                 allowed = ", ".join(format_value(v) for v in vals)
                 shown = format_value(value) if value is not None else "full size"
@@ -252,7 +256,9 @@ class NestingSpace:
         order = np.argsort(costs, kind="stable")
         dims = list(self.values)
         vals = [self.values[d] for d in dims]
-        self._ordered = [Subnet(dict(zip(dims, (vals[j][k] for j, k in enumerate(grid[i])), strict=True))) for i in order]
+        self._ordered = [
+            Subnet(dict(zip(dims, (vals[j][k] for j, k in enumerate(grid[i])), strict=True))) for i in order
+        ]
         self._costs = costs[order]
 
     def subnets(self) -> list[Subnet]:
@@ -295,7 +301,9 @@ class NestingSpace:
         for part in filter(None, (p.strip() for p in text.split(","))):
             dim, sep, raw = part.partition("=")
             if not sep:
-                raise ValueError(f"nesting space part {part!r} is not dim=a|b|c; example: depth=6|12,ffn=0.5|1.0")
+                raise ValueError(
+                    f"nesting space part {part!r} is not dim=a|b|c; example: depth=6|12,ffn=0.5|1.0"
+                )
             dims[dim.strip()] = [parse_value(dim.strip(), r) for r in raw.split("|")]
         return cls(dims)
 
@@ -303,7 +311,9 @@ class NestingSpace:
         return isinstance(other, NestingSpace) and self.values == other.values
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{d}={[format_value(x) for x in v]}".replace("'", "") for d, v in self.values.items())
+        inner = ", ".join(
+            f"{d}={[format_value(x) for x in v]}".replace("'", "") for d, v in self.values.items()
+        )
         return f"NestingSpace({inner})"
 
 

@@ -16,7 +16,12 @@ from typing import Any
 
 from ..spec import Value
 
-DIM_NAMES = {"depth": "layers", "heads": "attention heads", "ffn": "FFN neurons (intermediate size)", "hidden": "hidden size"}
+DIM_NAMES = {
+    "depth": "layers",
+    "heads": "attention heads",
+    "ffn": "FFN neurons (intermediate size)",
+    "hidden": "hidden size",
+}
 HEAD_DIM_FAMILIES = "llama, qwen2, mistral, vit, deit"
 
 
@@ -36,7 +41,9 @@ class Family:
     config_keys: Mapping[str, str]  # size name (depth, heads, kv_heads, ffn, hidden) -> config attribute
     head_dim_in_config: bool  # True: config.head_dim sets the head size, so fewer heads export exactly
     dims: tuple[str, ...] = ("depth", "heads", "ffn")
-    layer_attrs: Mapping[str, str] = field(default_factory=dict)  # "module.attr" in a layer -> role, set on switch
+    layer_attrs: Mapping[str, str] = field(
+        default_factory=dict
+    )  # "module.attr" in a layer -> role, set on switch
 
     # ---- sizes --------------------------------------------------------------------------------
     def _get(self, config: Any, size: str) -> Any:
@@ -49,8 +56,14 @@ class Family:
         kv_heads = int(self._get(config, "kv_heads") or heads)
         head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
         ffn = int(self._get(config, "ffn") or 4 * hidden)  # GPT-2: n_inner=None means 4 * n_embd
-        return {"depth": int(self._get(config, "depth")), "hidden": hidden, "heads": heads,
-                "kv_heads": kv_heads, "head_dim": head_dim, "ffn": ffn}
+        return {
+            "depth": int(self._get(config, "depth")),
+            "hidden": hidden,
+            "heads": heads,
+            "kv_heads": kv_heads,
+            "head_dim": head_dim,
+            "ffn": ffn,
+        }
 
     def resolve(self, full: Mapping[str, int], dim: str, value: Value) -> int:
         """Absolute size for one space value, validated against the model (one-line ValueError)."""
@@ -64,7 +77,9 @@ class Family:
         if isinstance(value, float):
             size = round(value * total)
             if size < 1:
-                raise ValueError(f"{dim}={value} of {total} {what} rounds to 0; allowed: a fraction >= {1 / total:.3g}")
+                raise ValueError(
+                    f"{dim}={value} of {total} {what} rounds to 0; allowed: a fraction >= {1 / total:.3g}"
+                )
         else:
             size = value
             if size > total:
@@ -85,8 +100,13 @@ class Family:
         """Widths each role takes for the given absolute sizes (missing dims at full size)."""
         s = {**full, **sizes}
         kv_heads = s["heads"] * full["kv_heads"] // full["heads"]
-        return {"depth": s["depth"], "hidden": s["hidden"], "q": s["heads"] * full["head_dim"],
-                "kv": kv_heads * full["head_dim"], "ffn": s["ffn"]}
+        return {
+            "depth": s["depth"],
+            "hidden": s["hidden"],
+            "q": s["heads"] * full["head_dim"],
+            "kv": kv_heads * full["head_dim"],
+            "ffn": s["ffn"],
+        }
 
     # ---- export -------------------------------------------------------------------------------
     def check_export(self, full: Mapping[str, int], sizes: Mapping[str, int], class_name: str) -> None:

@@ -14,7 +14,11 @@ BERT = Family(
         "intermediate.dense": Projection(("ffn",), "hidden"),
         "output.dense": Projection(("hidden",), "ffn"),
     },
-    config_keys={"depth": "num_hidden_layers", "heads": "num_attention_heads", "ffn": "intermediate_size",
-                 "hidden": "hidden_size"},
+    config_keys={
+        "depth": "num_hidden_layers",
+        "heads": "num_attention_heads",
+        "ffn": "intermediate_size",
+        "hidden": "hidden_size",
+    },
     head_dim_in_config=False,
 )

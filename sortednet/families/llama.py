@@ -15,7 +15,12 @@ LLAMA = Family(
         "mlp.up_proj": Projection(("ffn",), "hidden"),
         "mlp.down_proj": Projection(("hidden",), "ffn"),
     },
-    config_keys={"depth": "num_hidden_layers", "heads": "num_attention_heads", "kv_heads": "num_key_value_heads",
-                 "ffn": "intermediate_size", "hidden": "hidden_size"},
+    config_keys={
+        "depth": "num_hidden_layers",
+        "heads": "num_attention_heads",
+        "kv_heads": "num_key_value_heads",
+        "ffn": "intermediate_size",
+        "hidden": "hidden_size",
+    },
     head_dim_in_config=True,
 )

@@ -1,0 +1,153 @@
+"""Per family: largest == original, every subnet extracts exactly, heads/depth really slice, configs consistent."""
+
+import pytest
+import torch
+from tiny import FAMILIES, HEAD_DIM_FAMILIES, build, inputs, output
+
+import sortednet as sn
+
+SPACE = dict(depth=[2, 4], ffn=[0.5, 1.0], heads=[2, 4])
+
+
+def nested_pair(name):
+    model = build(name)
+    batch = inputs(name)
+    ref = output(model, batch).detach()
+    return sn.nest(model, sn.NestingSpace(**SPACE)), batch, ref
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_largest_subnet_equals_original(name):
+    nested, batch, ref = nested_pair(name)
+    with torch.no_grad():
+        out = output(nested, batch)
+    assert (out - ref).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_subnet_extracts_exactly(name):
+    nested, batch, _ = nested_pair(name)
+    exported = 0
+    for subnet in nested.space.subnets():
+        sizes = nested.sizes(subnet)
+        if name not in HEAD_DIM_FAMILIES and sizes["heads"] < nested.full["heads"]:
+            with pytest.raises(ValueError, match="cannot be exported as a plain .*head_dim"):
+                nested.extract(subnet)
+            continue
+        small = nested.extract(subnet)
+        assert type(small) is type(nested.model)
+        with torch.no_grad(), nested.use(subnet):
+            want = output(nested, batch)
+        got = output(small, batch)
+        assert (got - want).abs().max().item() <= 1e-5, subnet
+        cfg, full = small.config, nested.full
+        assert cfg.num_hidden_layers == sizes["depth"]
+        assert cfg.num_attention_heads == sizes["heads"]
+        ffn = cfg.n_inner if name == "gpt2" else cfg.intermediate_size
+        assert ffn == sizes["ffn"]
+        if hasattr(cfg, "num_key_value_heads"):
+            assert cfg.num_key_value_heads == sizes["heads"] * full["kv_heads"] // full["heads"]
+        if name in HEAD_DIM_FAMILIES:
+            assert cfg.head_dim == full["head_dim"]
+        assert small.num_parameters() == nested.num_params(subnet)
+        assert all(p.is_contiguous() for p in small.parameters())
+        nested_ptrs = {p.untyped_storage().data_ptr() for p in nested.parameters()}
+        assert not nested_ptrs & {p.untyped_storage().data_ptr() for p in small.parameters()}
+        exported += 1
+    assert exported >= 4
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_fewer_heads_equal_the_full_model_with_those_heads_cut(name):
+    """Reference without sortednet: zero the output projection's inputs from the dropped heads."""
+    nested, batch, _ = nested_pair(name)
+    reference = build(name)
+    heads, head_dim = 2, nested.full["head_dim"]
+    with torch.no_grad():
+        for key, weight in reference.state_dict().items():
+            if key.endswith(
+                ("attention.output.dense.weight", "self_attn.o_proj.weight", "attention.o_proj.weight")
+            ):
+                weight[:, heads * head_dim :] = 0
+            elif key.endswith("attn.c_proj.weight"):  # GPT-2 Conv1D: (in, out)
+                weight[heads * head_dim :, :] = 0
+        want = output(reference, batch)
+        with nested.use(f"heads={heads}"):
+            got = output(nested, batch)
+    assert (got - want).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["bert", "gpt2", "llama", "vit"])
+def test_skipped_layers_do_no_work(name):
+    nested, batch, _ = nested_pair(name)
+    calls = []
+    layers = nested.model.base_model.get_submodule(nested.family.layers)
+    for i in range(len(layers)):
+        layers[i].register_forward_hook(lambda *_, i=i: calls.append(i))
+    with torch.no_grad(), nested.use("depth=2"):
+        output(nested, batch)
+    assert calls == [0, 1]
+    calls.clear()
+    with torch.no_grad():
+        output(nested, batch)
+    assert calls == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_gradients_reach_only_the_active_slices(name):
+    nested, batch, _ = nested_pair(name)
+    nested.train()
+    with nested.use("depth=2,ffn=0.5,heads=2"):
+        output(nested, batch).float().pow(2).mean().backward()
+        width = nested.state.ffn
+    layers = nested.model.base_model.get_submodule(nested.family.layers)
+    assert all(p.grad is None for p in layers[3].parameters())
+    ffn_in = layers[0].mlp.c_fc if name == "gpt2" else layers[0].mlp.up_proj
+    grad = ffn_in.weight.grad
+    active = grad[:, :width] if name == "gpt2" else grad[:width]
+    dropped = grad[:, width:] if name == "gpt2" else grad[width:]
+    assert active.abs().sum() > 0 and dropped.abs().sum() == 0
+
+
+def test_switching_copies_no_weights():
+    nested, _, _ = nested_pair("llama")
+    before = [(p.data_ptr(), p.shape) for p in nested.parameters()]
+    for subnet in nested.space.subnets() * 3:
+        nested.activate(subnet)
+    assert [(p.data_ptr(), p.shape) for p in nested.parameters()] == before
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
+        for subnet in nested.space.subnets():
+            nested.activate(subnet)
+    assert sum(e.cpu_memory_usage for e in prof.key_averages() if e.cpu_memory_usage > 0) == 0
+
+
+def test_use_restores_the_previous_subnet():
+    nested, _, _ = nested_pair("llama")
+    nested.activate("depth=2,ffn=0.5,heads=4")
+    with nested.use("depth=4,ffn=0.5,heads=2"):
+        assert str(nested.active) == "depth=4,heads=2,ffn=0.5"
+        assert nested.state.kv == 8
+    assert str(nested.active) == "depth=2,heads=4,ffn=0.5"
+    assert nested.state.depth == 2 and nested.state.ffn == 24 and nested.state.q == 32
+
+
+def test_unnest_gives_back_the_plain_model():
+    model = build("gpt2")
+    batch = inputs("gpt2")
+    ref = output(model, batch)
+    nested = sn.nest(model, sn.NestingSpace(**SPACE))
+    nested.activate(nested.space.smallest)
+    plain = nested.unnest()
+    assert not any(type(m).__module__.startswith("sortednet") for m in plain.modules())
+    assert (output(plain, batch) - ref).abs().max().item() == 0
+
+
+def test_generate_runs_under_a_subnet():
+    nested, batch, _ = nested_pair("llama")
+    with nested.use("depth=2,heads=2,ffn=0.5"):
+        out = nested.generate(batch["input_ids"][:1], max_new_tokens=4, do_sample=False)
+        small = nested.extract(nested.active)
+    want = small.generate(batch["input_ids"][:1], max_new_tokens=4, do_sample=False)
+    assert torch.equal(out, want)

@@ -1,0 +1,74 @@
+"""Tiny random models of every supported family (built with from_config, nothing downloaded), and inputs."""
+
+from __future__ import annotations
+
+import torch
+import transformers as T
+
+VOCAB = 64
+
+
+def _text(**kw):
+    return dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=48,
+        **kw,
+    )
+
+
+def _image(**kw):
+    return dict(
+        image_size=8,
+        patch_size=2,
+        num_channels=1,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=48,
+        num_labels=5,
+        **kw,
+    )
+
+
+BUILDERS = {
+    "bert": lambda: T.BertForSequenceClassification(T.BertConfig(**_text(num_labels=3))),
+    "bert_base": lambda: T.BertModel(T.BertConfig(**_text())),
+    "roberta": lambda: T.RobertaForSequenceClassification(
+        T.RobertaConfig(**_text(num_labels=3, pad_token_id=1, max_position_embeddings=40))
+    ),
+    "gpt2": lambda: T.GPT2LMHeadModel(
+        T.GPT2Config(
+            vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=4, n_positions=32, bos_token_id=0, eos_token_id=0
+        )
+    ),
+    "llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(**_text(num_key_value_heads=2))),
+    "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**_text(num_key_value_heads=2))),
+    "mistral": lambda: T.MistralForCausalLM(T.MistralConfig(**_text(num_key_value_heads=2))),
+    "vit": lambda: T.ViTForImageClassification(T.ViTConfig(**_image())),
+    "deit": lambda: T.DeiTForImageClassification(T.DeiTConfig(**_image())),
+}
+FAMILIES = list(BUILDERS)
+HEAD_DIM_FAMILIES = {"llama", "qwen2", "mistral", "vit", "deit"}
+
+
+def build(name: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return BUILDERS[name]().eval()
+
+
+def inputs(name: str, batch: int = 2, seq: int = 9, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    if name in ("vit", "deit"):
+        return {"pixel_values": torch.randn(batch, 1, 8, 8, generator=g)}
+    ids = torch.randint(2, VOCAB, (batch, seq), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, -3:] = 0  # padding exercises the attention mask
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def output(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    out = model(**batch)
+    return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
