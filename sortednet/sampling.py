@@ -1,0 +1,169 @@
+"""Samplers: which subnets train on each step.
+
+Every draw is a pure function of (seed, optimizer step, micro-batch), so every rank of a distributed run
+trains the same subnets and a resumed run continues the same sequence. A sampler's state is its settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .spec import NestingSpace, Subnet
+
+WEIGHTINGS = ("uniform", "linear", "inverse", "geometric")
+
+
+class Sampler:
+    name = "base"
+    guarantees_largest = False  # the largest subnet is in every draw (needed for in-place distillation)
+
+    def __init__(self, space: NestingSpace, k: int = 1, seed: int = 0) -> None:
+        if k < 1:
+            raise ValueError(f"sampler.k={k} is below 1; allowed: 1..{len(space)}")
+        self.space, self.k, self.seed = space, int(k), int(seed)
+        self.ordered = space.subnets()
+        self.largest = space.normalize(space.largest)
+        self.smallest = space.normalize(space.smallest)
+
+    def rng(self, step: int, micro: int = 0) -> np.random.Generator:
+        return np.random.default_rng([self.seed, int(step), int(micro)])
+
+    def sample(self, step: int, micro: int = 0) -> list[Subnet]:
+        """The subnets for one micro-batch of optimizer step `step`; the largest (if drawn) comes first."""
+        return self._draw(self.rng(step, micro))
+
+    def _draw(self, rng: np.random.Generator) -> list[Subnet]:
+        raise NotImplementedError
+
+    def _pick(self, rng: np.random.Generator, candidates: list[Subnet], n: int, p=None) -> list[Subnet]:
+        n = min(n, len(candidates))
+        return [candidates[i] for i in rng.choice(len(candidates), size=n, replace=False, p=p)]
+
+    def _largest_first(self, subnets: list[Subnet]) -> list[Subnet]:
+        return sorted(subnets, key=lambda s: s != self.largest)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "k": self.k, "seed": self.seed, "space": self.space.to_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("name") != self.name or state.get("space") != self.space.to_dict():
+            raise ValueError(
+                f"checkpoint sampler {state.get('name')!r} over {state.get('space')} does not match the configured "
+                f"sampler {self.name!r} over {self.space.to_dict()}; resume with the run's own sampler and space"
+            )
+        self.k, self.seed = int(state["k"]), int(state["seed"])
+
+
+class AllSampler(Sampler):
+    """Every subnet on every step (largest first)."""
+
+    name = "all"
+    guarantees_largest = True
+
+    def __init__(self, space: NestingSpace, k: int | None = None, seed: int = 0, max_subnets: int = 64) -> None:
+        if len(space) > max_subnets:
+            raise ValueError(
+                f"sampler=all would train {len(space)} subnets per step, above sampler.max_subnets={max_subnets}; "
+                "use sampler=sandwich, uniform, sorted or budget, or raise sampler.max_subnets"
+            )
+        super().__init__(space, len(space), seed)
+
+    def _draw(self, rng: np.random.Generator) -> list[Subnet]:
+        return self._largest_first(list(self.ordered))
+
+
+class UniformSampler(Sampler):
+    """K distinct subnets uniformly at random."""
+
+    name = "uniform"
+
+    def _draw(self, rng: np.random.Generator) -> list[Subnet]:
+        return self._largest_first(self._pick(rng, self.ordered, self.k))
+
+
+class SandwichSampler(Sampler):
+    """Largest + smallest + K-2 others at random (the sandwich rule of US-Nets)."""
+
+    name = "sandwich"
+    guarantees_largest = True
+
+    def __init__(self, space: NestingSpace, k: int = 4, seed: int = 0) -> None:
+        if k < 2 and len(space) > 1:
+            raise ValueError(f"sampler.k={k} is too small for sampler=sandwich; allowed: k >= 2")
+        super().__init__(space, k, seed)
+        self.middle = [s for s in self.ordered if s not in (self.largest, self.smallest)]
+
+    def _draw(self, rng: np.random.Generator) -> list[Subnet]:
+        ends = [self.largest] if self.largest == self.smallest else [self.largest, self.smallest]
+        return ends + self._pick(rng, self.middle, self.k - len(ends))
+
+
+class SortedSampler(Sampler):
+    """SortedNet: K draws from a distribution over the cost-ordered list.
+
+    weighting: uniform, linear (p grows with cost rank: favours large), inverse (p ~ 1/rank: favours
+    small) or geometric (p ~ ratio**rank).
+    """
+
+    name = "sorted"
+
+    def __init__(self, space: NestingSpace, k: int = 1, seed: int = 0, weighting: str = "uniform", ratio: float = 0.9):
+        super().__init__(space, k, seed)
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"sampler.weighting={weighting!r} is unknown; allowed: {', '.join(WEIGHTINGS)}")
+        if not 0 < ratio:
+            raise ValueError(f"sampler.ratio={ratio} must be > 0")
+        rank = np.arange(1, len(self.ordered) + 1, dtype=np.float64)
+        weights = {"uniform": np.ones_like(rank), "linear": rank, "inverse": 1 / rank, "geometric": ratio**rank}
+        self.weighting, self.ratio = weighting, ratio
+        self.probs = weights[weighting] / weights[weighting].sum()
+
+    def _draw(self, rng: np.random.Generator) -> list[Subnet]:
+        return self._largest_first(self._pick(rng, self.ordered, self.k, p=self.probs))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "weighting": self.weighting, "ratio": self.ratio}
+
+
+class BudgetSampler(Sampler):
+    """Stratified by cost: the log-cost range is cut into K equal strata and one subnet is drawn from each,
+    so small and large regions of a combinatorial space are both visited every step (SN-Netv2).
+
+    `costs` (aligned with `space.subnets()`) defaults to the space's exact parameter counts; pass FLOPs to
+    stratify by compute.
+    """
+
+    name = "budget"
+
+    def __init__(self, space: NestingSpace, k: int = 4, seed: int = 0, costs: np.ndarray | None = None) -> None:
+        super().__init__(space, k, seed)
+        cost = np.log(np.asarray(space.costs() if costs is None else costs, dtype=np.float64))
+        edges = np.linspace(cost.min(), cost.max(), self.k + 1)
+        bins = np.clip(np.searchsorted(edges, cost, side="right") - 1, 0, self.k - 1)
+        strata = [np.flatnonzero(bins == b) for b in range(self.k)]
+        self.strata = [s for s in strata if len(s)]
+
+    def _draw(self, rng: np.random.Generator) -> list[Subnet]:
+        picks = [int(rng.choice(s)) for s in self.strata]
+        extra = self.k - len(picks)  # empty strata: fill with distinct draws from the whole space
+        if extra > 0:
+            rest = [i for i in range(len(self.ordered)) if i not in picks]
+            picks += [int(i) for i in rng.choice(rest, size=min(extra, len(rest)), replace=False)]
+        return self._largest_first([self.ordered[i] for i in picks])
+
+
+SAMPLERS: dict[str, type[Sampler]] = {
+    cls.name: cls for cls in (AllSampler, UniformSampler, SandwichSampler, SortedSampler, BudgetSampler)
+}
+
+
+def make_sampler(name: str, space: NestingSpace, **options: Any) -> Sampler:
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler.name={name!r} is unknown; allowed: {', '.join(SAMPLERS)}")
+    cls = SAMPLERS[name]
+    if name != "all" and options.get("k", 1) > len(space):
+        raise ValueError(f"sampler.k={options['k']} exceeds the {len(space)} subnets of the space; allowed: 1..{len(space)}")
+    return cls(space, **options)
