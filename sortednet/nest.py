@@ -18,8 +18,8 @@ from .spec import NestingSpace, Subnet
 
 def nest(model: nn.Module, space: NestingSpace | str | Mapping[str, Any]) -> NestedModel:
     """Wrap `model` in place so that every subnet of `space` can run; at the largest it is unchanged."""
-    if isinstance(model, NestedModel):
-        raise ValueError("model is already nested; nest the original model once")
+    if isinstance(model, NestedModel) or any(isinstance(m, SlicedLinear) for m in model.modules()):
+        raise ValueError("model is already nested; nest the original model once (or call unnest() first)")
     if not isinstance(space, NestingSpace):
         space = NestingSpace.parse(space) if isinstance(space, str) else NestingSpace(dict(space))
     config = getattr(model, "config", None)

@@ -63,7 +63,9 @@ class AllSampler(Sampler):
     name = "all"
     guarantees_largest = True
 
-    def __init__(self, space: NestingSpace, k: int | None = None, seed: int = 0, max_subnets: int = 64) -> None:
+    def __init__(
+        self, space: NestingSpace, k: int | None = None, seed: int = 0, max_subnets: int = 64
+    ) -> None:
         if len(space) > max_subnets:
             raise ValueError(
                 f"sampler=all would train {len(space)} subnets per step, above sampler.max_subnets={max_subnets}; "
@@ -110,14 +112,21 @@ class SortedSampler(Sampler):
 
     name = "sorted"
 
-    def __init__(self, space: NestingSpace, k: int = 1, seed: int = 0, weighting: str = "uniform", ratio: float = 0.9):
+    def __init__(
+        self, space: NestingSpace, k: int = 1, seed: int = 0, weighting: str = "uniform", ratio: float = 0.9
+    ):
         super().__init__(space, k, seed)
         if weighting not in WEIGHTINGS:
             raise ValueError(f"sampler.weighting={weighting!r} is unknown; allowed: {', '.join(WEIGHTINGS)}")
-        if not 0 < ratio:
+        if ratio <= 0:
             raise ValueError(f"sampler.ratio={ratio} must be > 0")
         rank = np.arange(1, len(self.ordered) + 1, dtype=np.float64)
-        weights = {"uniform": np.ones_like(rank), "linear": rank, "inverse": 1 / rank, "geometric": ratio**rank}
+        weights = {
+            "uniform": np.ones_like(rank),
+            "linear": rank,
+            "inverse": 1 / rank,
+            "geometric": ratio**rank,
+        }
         self.weighting, self.ratio = weighting, ratio
         self.probs = weights[weighting] / weights[weighting].sum()
 
@@ -138,7 +147,9 @@ class BudgetSampler(Sampler):
 
     name = "budget"
 
-    def __init__(self, space: NestingSpace, k: int = 4, seed: int = 0, costs: np.ndarray | None = None) -> None:
+    def __init__(
+        self, space: NestingSpace, k: int = 4, seed: int = 0, costs: np.ndarray | None = None
+    ) -> None:
         super().__init__(space, k, seed)
         cost = np.log(np.asarray(space.costs() if costs is None else costs, dtype=np.float64))
         edges = np.linspace(cost.min(), cost.max(), self.k + 1)
@@ -165,5 +176,7 @@ def make_sampler(name: str, space: NestingSpace, **options: Any) -> Sampler:
         raise ValueError(f"sampler.name={name!r} is unknown; allowed: {', '.join(SAMPLERS)}")
     cls = SAMPLERS[name]
     if name != "all" and options.get("k", 1) > len(space):
-        raise ValueError(f"sampler.k={options['k']} exceeds the {len(space)} subnets of the space; allowed: 1..{len(space)}")
+        raise ValueError(
+            f"sampler.k={options['k']} exceeds the {len(space)} subnets of the space; allowed: 1..{len(space)}"
+        )
     return cls(space, **options)

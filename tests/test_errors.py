@@ -76,6 +76,8 @@ def test_nesting_twice_is_refused():
     nested = sn.nest(build("llama"), sn.NestingSpace(depth=[2, 4]))
     with pytest.raises(ValueError, match="already nested"):
         sn.nest(nested, sn.NestingSpace(depth=[2, 4]))
+    with pytest.raises(ValueError, match="already nested"):
+        sn.nest(nested.model, sn.NestingSpace(depth=[2, 4]))
 
 
 @pytest.mark.parametrize(

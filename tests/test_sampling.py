@@ -26,7 +26,9 @@ def counts(sampler, steps=3000):
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_deterministic_from_seed_and_step(space, name):
     a, b = make_sampler(name, space, k=3, seed=7), make_sampler(name, space, k=3, seed=7)
-    assert [a.sample(s, m) for s in range(20) for m in range(2)] == [b.sample(s, m) for s in range(20) for m in range(2)]
+    assert [a.sample(s, m) for s in range(20) for m in range(2)] == [
+        b.sample(s, m) for s in range(20) for m in range(2)
+    ]
     other = make_sampler(name, space, k=3, seed=8)
     if name != "all":
         assert [a.sample(s) for s in range(20)] != [other.sample(s) for s in range(20)]
@@ -47,7 +49,9 @@ def test_all_trains_every_subnet_largest_first(space):
 
 
 def test_all_is_refused_above_its_limit(space):
-    with pytest.raises(ValueError, match=r"sampler=all would train 24 subnets per step, above sampler.max_subnets=10"):
+    with pytest.raises(
+        ValueError, match=r"sampler=all would train 24 subnets per step, above sampler.max_subnets=10"
+    ):
         make_sampler("all", space, max_subnets=10)
 
 
@@ -83,7 +87,10 @@ def test_budget_visits_every_cost_stratum_each_step(space):
     edges = np.linspace(cost.min(), cost.max(), 4)
     index = {s: i for i, s in enumerate(space.subnets())}
     for step in range(200):
-        strata = sorted(min(int(np.searchsorted(edges, cost[index[s]], side="right") - 1), 2) for s in sampler.sample(step))
+        strata = sorted(
+            min(int(np.searchsorted(edges, cost[index[s]], side="right") - 1), 2)
+            for s in sampler.sample(step)
+        )
         assert strata == [0, 1, 2]
     c = counts(sampler, 3000)
     assert len(c) == 24  # every subnet is reachable

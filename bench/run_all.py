@@ -1,0 +1,107 @@
+"""Run every benchmark, print a summary table and write it to bench/out/results.md.
+
+python -m bench.run_all            # the real run (`make bench`), about 5-10 minutes on 2 cores
+python -m bench.run_all --quick    # tiny sizes and few repeats: only checks that the scripts run
+python -m bench.run_all --only switching enumeration
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import platform
+import sys
+import time
+from pathlib import Path
+
+from .common import THREADS, Result, setup
+
+BENCHMARKS = {
+    "nesting_tax": "1. nesting tax (full-size nested train step / un-nested)",
+    "subnet_train": "2. subnet train step / dense model of that shape",
+    "subnet_forward": "3. subnet forward under use() / extracted model",
+    "switching": "4. activate(): time and allocations",
+    "enumeration": "5. space enumeration and sampling",
+    "checkpoint_size": "6. one-file checkpoint size / save_pretrained",
+    "submodel_memory": "7. load_submodel peak memory / subnet weights",
+}
+OUT = Path(__file__).parent / "out" / "results.md"
+
+
+def table(results: list[Result]) -> list[list[str]]:
+    return [[r.benchmark, r.measured(), r.target_text(), r.status] for r in results]
+
+
+def print_table(rows: list[list[str]]) -> None:
+    head = ["benchmark", "measured", "target", "result"]
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = "  ".join("-" * w for w in widths)
+    print(line)
+    for row in [head, None, *rows]:
+        print(line if row is None else "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    print(line)
+
+
+def markdown(results: list[Result], header: str) -> str:
+    lines = [
+        f"# sortednet benchmarks\n\n{header}\n",
+        "| benchmark | measured | target | result |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {' | '.join(row)} |" for row in table(results)]
+    lines += ["", "## Details", ""]
+    lines += [
+        f"- **{r.benchmark}**: {r.detail.replace(chr(10) + '     ', '; ')}" for r in results if r.detail
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes, few repeats (checks the scripts run)"
+    )
+    parser.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run only these benchmarks")
+    parser.add_argument("--strict", action="store_true", help="exit with status 1 when a target is missed")
+    args = parser.parse_args(argv)
+    setup()
+
+    import torch
+    import transformers
+
+    header = (
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {'QUICK (not meaningful)' if args.quick else 'full run'}; "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, python "
+        f"{platform.python_version()}, {THREADS} threads, {platform.processor() or platform.machine()}"
+    )
+    print(f"sortednet benchmarks: {header}\n", flush=True)
+    results: list[Result] = []
+    start = time.perf_counter()
+    for name, title in BENCHMARKS.items():
+        if args.only and name not in args.only:
+            continue
+        print(title, flush=True)
+        t0 = time.perf_counter()
+        module = importlib.import_module(f".{name}", __package__)
+        for result in module.run(args.quick):
+            print(result.line(), flush=True)
+            results.append(result)
+        print(f"  ({time.perf_counter() - t0:.0f} s)\n", flush=True)
+
+    print(f"summary ({time.perf_counter() - start:.0f} s in all)")
+    print_table(table(results))
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(markdown(results, header))
+    print(f"written to {OUT.relative_to(Path.cwd()) if OUT.is_relative_to(Path.cwd()) else OUT}")
+    misses = [r for r in results if not r.passed]
+    print(
+        f"{len(results) - len(misses)} of {len(results)} PASS" + (f", {len(misses)} MISS" if misses else "")
+    )
+    return 1 if args.strict and misses else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""sortednet-train: the Hydra application that trains a nested model with Lightning.
+
+    sortednet-train                                    # the default recipe (experiment=digits_vit)
+    sortednet-train experiment=shakespeare_gpt2 sampler=sandwich sampler.k=4 trainer.max_steps=100
+    python -m sortednet.cli.train --cfg job            # print the composed config
+
+Read top to bottom: check the config, build data -> model -> nested model -> sampler -> module, fit, then
+evaluate every subnet and write the run folder (checkpoints/last.ckpt, last.safetensors, table.csv/md).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from ..nest import nest
+from ..sampling import make_sampler
+from ..spec import NestingSpace
+from ..train.models import offline_model_path
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+OmegaConf.register_new_resolver("offline_model", offline_model_path, replace=True)
+
+
+def sampler_options(cfg: DictConfig) -> dict[str, Any]:
+    options = {k: v for k, v in OmegaConf.to_container(cfg.sampler, resolve=True).items() if k != "name"}
+    return {**options, "seed": cfg.seed}
+
+
+def check_config(cfg: DictConfig) -> NestingSpace:
+    """Everything that can be checked before a model is built; one-line ValueErrors."""
+    space = NestingSpace(OmegaConf.to_container(cfg.nesting, resolve=True))
+    sampler = make_sampler(cfg.sampler.name, space, **sampler_options(cfg))
+    for subnet in cfg.val.subnets or []:
+        try:
+            space.normalize(subnet)
+        except ValueError as err:
+            raise ValueError(f"val.subnets: {err}") from None
+    if cfg.train.distill.enabled and not sampler.guarantees_largest:
+        raise ValueError(
+            f"train.distill.enabled=true needs the largest subnet in every step, which sampler={sampler.name!r} "
+            "cannot guarantee; use sampler=sandwich or sampler=all"
+        )
+    if cfg.optim.schedule not in ("cosine", "linear", "constant"):
+        raise ValueError(
+            f"optim.schedule={cfg.optim.schedule!r} is unknown; allowed: cosine, linear, constant"
+        )
+    if int(cfg.train.accumulate) < 1:
+        raise ValueError(f"train.accumulate={cfg.train.accumulate} is below 1; allowed: an int >= 1")
+    return space
+
+
+def build(cfg: DictConfig):
+    """Data module, nested model and Lightning module, as the config says."""
+    from ..train import SortedNetModule, task_for
+    from ..train.models import build_model
+
+    space = check_config(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = hydra.utils.instantiate(cfg.data)
+    data.prepare_data()
+    data.setup("fit")
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model = build_model(
+        model_cfg["class_name"], model_cfg.get("pretrained"), model_cfg.get("config"), data.model_kwargs()
+    )
+    nested = nest(model, space)
+    sampler = make_sampler(cfg.sampler.name, nested.space, **sampler_options(cfg))
+    module = SortedNetModule(
+        nested,
+        task_for(data.task),
+        sampler,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        accumulate=cfg.train.accumulate,
+        grad_clip=cfg.train.grad_clip,
+        distill=OmegaConf.to_container(cfg.train.distill, resolve=True),
+        val_subnets=list(cfg.val.subnets) if cfg.val.subnets else None,
+        subnet_weights=OmegaConf.to_container(cfg.train.subnet_weights) if cfg.train.subnet_weights else None,
+        seed=cfg.seed,
+    )
+    return data, module
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    from ..train.callbacks import NestedCheckpoint
+
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks: list[L.Callback] = [
+        NestedCheckpoint(
+            run_config=run_config,
+            dirpath=str(run_dir / "checkpoints"),
+            **OmegaConf.to_container(cfg.callbacks.checkpoint, resolve=True),
+        )
+    ]
+    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    progress = cfg.callbacks.get("progress", "rich")
+    if progress == "rich":
+        callbacks.append(RichProgressBar())
+    elif progress == "tqdm":
+        callbacks.append(TQDMProgressBar())
+    else:
+        trainer_kwargs["enable_progress_bar"] = False
+    logger_cfg = cfg.get("logger") or {}
+    logger = hydra.utils.instantiate(logger_cfg) if logger_cfg.get("_target_") else False
+    return L.Trainer(**trainer_kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
+
+
+def finish(cfg: DictConfig, trainer: L.Trainer, data, module, run_dir: Path) -> list[dict[str, Any]]:
+    """Evaluate every subnet (rank 0), print the table, and save the final checkpoints with the table."""
+    from ..evaluate import evaluate_subnets
+    from ..report import print_table, write_table
+    from ..train.callbacks import one_file_path
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(last, weights_only=False)
+    if not trainer.is_global_zero:
+        return []
+    nested = module.nested
+    rows: list[dict[str, Any]] = []
+    if cfg.eval_table.enabled:
+        subnets = (
+            nested.space.subnets() if len(nested.space) <= cfg.eval_table.max_subnets else module.val_subnets
+        )
+        rows = evaluate_subnets(nested, data.val_dataloader(), module.task, subnets)
+        write_table(rows, run_dir)
+        print_table(
+            rows, title=f"{cfg.name}: every sub-model on the validation set", metric=module.task.metric
+        )
+    metadata = {
+        "train_config": OmegaConf.to_container(cfg, resolve=True),
+        "global_step": trainer.global_step,
+        "eval_table": rows,
+    }
+    nested.save(one_file_path(last), metadata=metadata)
+    print(f"run folder: {run_dir}\n  {last}\n  {one_file_path(last)}")
+    return rows
+
+
+def _refuse(err: Exception, run_dir: Path) -> None:
+    """A user error before training: one line, exit code 2, and no run folder left behind."""
+    leftovers = (
+        [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
+        if run_dir.exists()
+        else []
+    )
+    if run_dir.exists() and not leftovers:
+        shutil.rmtree(run_dir)
+    print(f"sortednet-train: error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run(cfg: DictConfig) -> list[dict[str, Any]]:
+    run_dir = Path(cfg.run_dir)
+    try:
+        data, module = build(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        _refuse(err, run_dir)
+    trainer = make_trainer(cfg, run_dir)
+    trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+    return finish(cfg, trainer, data, module, run_dir)
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

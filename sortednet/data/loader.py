@@ -1,0 +1,130 @@
+"""A training DataLoader whose order is a function of (seed, epoch) and that resumes mid-epoch.
+
+Lightning (2.x) stores `state_dict()` of every train dataloader that has `state_dict`/`load_state_dict` in the
+checkpoint (`FitLoop.on_save_checkpoint`, key "combined_loader"), and on `fit(ckpt_path=...)` calls
+`load_state_dict` before it creates the epoch's iterator (`FitLoop.setup_data`). It then expects that iterator to
+yield only the batches not yet consumed, while `len()` stays the full epoch length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sized
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data.dataloader import DataLoader
+
+
+class ResumableSampler(DistributedSampler):
+    """`DistributedSampler` (shuffled with `torch.Generator().manual_seed(seed + epoch)`) that starts at `start`.
+
+    Works for one process (num_replicas=1) as well as under DDP, where each rank gets its own shard. Being a
+    `DistributedSampler`, Lightning does not replace it, and calls its `set_epoch` at each epoch start.
+    """
+
+    def __init__(self, dataset: Sized, shuffle: bool = True, seed: int = 0, drop_last: bool = False) -> None:
+        ddp = dist.is_available() and dist.is_initialized()
+        super().__init__(
+            dataset,  # type: ignore[arg-type]
+            num_replicas=dist.get_world_size() if ddp else 1,
+            rank=dist.get_rank() if ddp else 0,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+        )
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        return iter(indices[self.start :])
+
+
+class ResumableDataLoader(DataLoader):
+    """Shuffled training DataLoader with `state_dict()` = {"epoch", "batches"}: the batches handed out this epoch.
+
+    After `load_state_dict`, the next iteration over the same epoch skips the batches already consumed (without
+    loading them). Counting happens where batches are yielded, so worker prefetching does not inflate it.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        num_workers: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        sampler = ResumableSampler(dataset, shuffle=shuffle, seed=seed)  # type: ignore[arg-type]
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            collate_fn=collate_fn,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            **kwargs,
+        )
+        self.seed = seed
+        self._epoch = 0
+        self._batches = 0
+        self._resume: dict[str, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return self._generate()
+
+    def _generate(self) -> Iterator[Any]:
+        # a generator: the body runs at the first next(), i.e. after Lightning's set_epoch for this epoch
+        sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
+        skip = 0
+        if self._resume is not None:
+            if self._resume["epoch"] == sampler.epoch:
+                skip = self._resume["batches"]
+            self._resume = None
+        sampler.start = skip * self.batch_size  # type: ignore[operator]
+        self._epoch, self._batches = sampler.epoch, skip
+        for batch in super().__iter__():
+            self._batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches": self._batches, "seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        if state_dict.get("seed", self.seed) != self.seed:
+            raise ValueError(
+                f"seed: the checkpoint's train dataloader used seed {state_dict['seed']}, this run uses {self.seed}"
+            )
+        self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+        # Lightning calls set_epoch itself, but only after it has created this epoch's iterator
+        self.set_epoch(self._resume["epoch"])
+        self._epoch, self._batches = self._resume["epoch"], self._resume["batches"]
+
+
+def eval_loader(
+    dataset: Dataset, batch_size: int, collate_fn: Callable | None = None, num_workers: int = 0
+) -> DataLoader:
+    """Unshuffled loader for validation (keeps the last, partial batch)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate_fn,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation `ResumableSampler` uses on one process (for tests and debugging)."""
+    g = torch.Generator()
+    g.manual_seed(seed + epoch)
+    return torch.randperm(n, generator=g)

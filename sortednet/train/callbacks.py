@@ -1,0 +1,42 @@
+"""Callbacks: the one-file safetensors checkpoint beside every Lightning .ckpt."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+# Lightning warns that manual optimization checkpoints hold the post-step state: that is the state we want
+# (it is saved right after an optimizer step, with no gradients pending).
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+
+
+def one_file_path(ckpt_path: str | os.PathLike) -> Path:
+    return Path(ckpt_path).with_suffix(".safetensors")
+
+
+class NestedCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint (.ckpt: weights, optimizer, scheduler, sampler, loop state for exact resume) that also
+    writes the nested model's one-file `.safetensors` beside each .ckpt, with the run's config in its metadata."""
+
+    def __init__(self, run_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.run_config = dict(run_config or {})
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            module = trainer.lightning_module
+            metadata = {"train_config": self.run_config, "global_step": trainer.global_step}
+            module.nested.save(one_file_path(filepath), metadata=metadata)
+        trainer.strategy.barrier()
+
+    def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._remove_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            one_file_path(filepath).unlink(missing_ok=True)

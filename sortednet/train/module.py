@@ -1,0 +1,221 @@
+"""SortedNetModule: the LightningModule that trains every sub-model of a NestedModel.
+
+One optimizer step = `accumulate` micro-batches x K sampled subnets, each a forward and a backward (the
+graph is freed after each backward, so memory is that of one subnet). The update is the weighted mean over
+subnets and batches. Gradients are reduced across ranks once per optimizer step (see distributed.py).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from ..nest import NestedModel
+from ..sampling import Sampler
+from ..spec import Subnet
+from .distributed import allreduce_gradients, world_size
+from .tasks import Task
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def default_val_subnets(nested: NestedModel) -> list[Subnet]:
+    ordered = nested.space.subnets()
+    picks = [ordered[0], ordered[len(ordered) // 2], ordered[-1]]
+    return list(dict.fromkeys(picks))
+
+
+def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+        return min_ratio + (1 - min_ratio) * decay
+
+    return factor
+
+
+class SortedNetModule(L.LightningModule):
+    def __init__(
+        self,
+        nested: NestedModel,
+        task: Task,
+        sampler: Sampler,
+        optim: Mapping[str, Any] | None = None,
+        accumulate: int = 1,
+        grad_clip: float | None = 1.0,
+        distill: Mapping[str, Any] | None = None,
+        val_subnets: Sequence[Subnet | str] | None = None,
+        subnet_weights: Mapping[str, float] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.nested, self.task, self.sampler = nested, task, sampler
+        self.optim = {
+            "lr": 1e-3,
+            "weight_decay": 0.01,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "schedule": "cosine",
+            "warmup_steps": 0,
+            "min_lr_ratio": 0.0,
+            **(optim or {}),
+        }
+        if self.optim["schedule"] not in SCHEDULES:
+            raise ValueError(
+                f"optim.schedule={self.optim['schedule']!r} is unknown; allowed: {', '.join(SCHEDULES)}"
+            )
+        if accumulate < 1:
+            raise ValueError(f"train.accumulate={accumulate} is below 1; allowed: an int >= 1")
+        self.accumulate, self.grad_clip, self.seed = int(accumulate), grad_clip, int(seed)
+        self.distill = dict(distill or {})
+        if self.distill.get("enabled") and not sampler.guarantees_largest:
+            raise ValueError(
+                f"train.distill.enabled=true needs the largest subnet in every step, which sampler={sampler.name!r} "
+                "cannot guarantee; use sampler=sandwich or sampler=all"
+            )
+        space = nested.space
+        self.val_subnets = [space.normalize(s) for s in (val_subnets or default_val_subnets(nested))]
+        self.subnet_weights = {str(space.normalize(k)): float(v) for k, v in (subnet_weights or {}).items()}
+        self.micro = 0  # micro-batches done in the current optimizer step
+        self._step_started = time.perf_counter()
+        self._val_sums: dict[Subnet, torch.Tensor] = {}
+
+    # ---- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.nested.named_parameters():
+            if p.requires_grad:
+                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+        o = self.optim
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o["lr"],
+            betas=tuple(o["betas"]),
+            eps=o["eps"],
+        )
+        total = (
+            self.trainer.max_steps
+            if self.trainer.max_steps > 0
+            else self.trainer.estimated_stepping_batches // self.accumulate
+        )
+        schedule = LambdaLR(
+            optimizer, lr_lambda(o["schedule"], o["warmup_steps"], int(total), o["min_lr_ratio"])
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        ddp = self.trainer.strategy.model
+        if hasattr(ddp, "require_backward_grad_sync"):
+            # We reduce gradients ourselves once per optimizer step; DDP's reducer would sync after every
+            # backward and trip over layers that a depth subnet skips.
+            ddp.require_backward_grad_sync = False
+
+    def _weights(self, subnets: Sequence[Subnet]) -> list[float]:
+        weights = [self.subnet_weights.get(str(s), 1.0) for s in subnets]
+        total = sum(weights)
+        return [w / total for w in weights]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        step, micro = self.global_step, self.micro
+        torch.manual_seed(
+            hash((self.seed, step, micro, self.global_rank)) % 2**62
+        )  # dropout: f(seed, step, rank)
+        labels = batch["labels"]
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        subnets = self.sampler.sample(step, micro)
+        weights = self._weights(subnets)
+        use_distill = bool(self.distill.get("enabled"))
+        alpha, temperature = (
+            float(self.distill.get("alpha", 0.5)),
+            float(self.distill.get("temperature", 1.0)),
+        )
+        teacher, total = None, 0.0
+        for subnet, weight in zip(subnets, weights, strict=True):
+            with self.nested.use(subnet):
+                logits = self.nested(**inputs).logits
+                loss = self.task.loss(logits, labels)
+                objective = loss
+                if use_distill and teacher is not None:
+                    kd = self.task.distill(logits, teacher, labels, temperature)
+                    objective = (1 - alpha) * loss + alpha * kd
+                if use_distill and teacher is None:
+                    teacher = logits.detach()
+                self.manual_backward(objective * weight / self.accumulate)
+            total += weight * loss.detach()
+            self.log(f"train/loss/{subnet}", loss.detach(), on_step=True, on_epoch=False)
+        self.log("train/loss", total, on_step=True, on_epoch=False, prog_bar=True)
+        self.micro += 1
+        if self.micro == self.accumulate:
+            self._optimizer_step(batch_size=labels.shape[0])
+        return total
+
+    def _optimizer_step(self, batch_size: int) -> None:
+        optimizer, schedule = self.optimizers(), self.lr_schedulers()
+        allreduce_gradients(self.nested.parameters())
+        if self.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        self.micro = 0
+        now = time.perf_counter()
+        samples = batch_size * self.accumulate * world_size()
+        self.log(
+            "train/samples_per_s", samples / max(now - self._step_started, 1e-9), on_step=True, on_epoch=False
+        )
+        self.log("train/lr", schedule.get_last_lr()[0], on_step=True, on_epoch=False)
+        self._step_started = now
+
+    # ---- validation ---------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = {}
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        labels = batch["labels"]
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        for subnet in self.val_subnets:
+            with self.nested.use(subnet):
+                stats = self.task.stats(self.nested(**inputs).logits, labels)
+            self._val_sums[subnet] = self._val_sums.get(subnet, 0) + stats
+
+    def on_validation_epoch_end(self) -> None:
+        for subnet, sums in self._val_sums.items():
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            for metric, value in self.task.summarize(sums).items():
+                self.log(
+                    f"val/{metric}/{subnet}",
+                    value,
+                    sync_dist=False,
+                    prog_bar=subnet == self.val_subnets[-1] and metric == self.task.metric,
+                )
+
+    # ---- checkpoint state ---------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["sortednet"] = {
+            "sampler": self.sampler.state_dict(),
+            "micro": self.micro,
+            "space": self.nested.space.to_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("sortednet")
+        if state is None:
+            raise ValueError("checkpoint has no sortednet state; it was not written by sortednet-train")
+        if state["space"] != self.nested.space.to_dict():
+            raise ValueError(
+                f"checkpoint nesting space {state['space']} differs from the configured "
+                f"{self.nested.space.to_dict()}; resume with the run's own nesting config"
+            )
+        self.sampler.load_state_dict(state["sampler"])
+        self.micro = int(state["micro"])
