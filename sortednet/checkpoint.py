@@ -53,7 +53,7 @@ def save(nested: NestedModel, path: str | os.PathLike, metadata: Mapping[str, An
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", FORMAT: json.dumps(header)})
+    save_file(tensors, str(tmp), metadata={"format": "pt", FORMAT: json.dumps(header, default=str)})
     os.replace(tmp, path)
 
 

@@ -10,12 +10,14 @@ evaluate every subnet and write the run folder (checkpoints/last.ckpt, last.safe
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.errors import InstantiationException
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
@@ -129,7 +131,8 @@ def finish(cfg: DictConfig, trainer: L.Trainer, data, module, run_dir: Path) -> 
         subnets = (
             nested.space.subnets() if len(nested.space) <= cfg.eval_table.max_subnets else module.val_subnets
         )
-        rows = evaluate_subnets(nested, data.val_dataloader(), module.task, subnets)
+        batches = itertools.islice(data.val_dataloader(), cfg.eval_table.max_batches)
+        rows = evaluate_subnets(nested, batches, module.task, subnets)
         write_table(rows, run_dir)
         print_table(
             rows, title=f"{cfg.name}: every sub-model on the validation set", metric=module.task.metric
@@ -153,7 +156,8 @@ def _refuse(err: Exception, run_dir: Path) -> None:
     )
     if run_dir.exists() and not leftovers:
         shutil.rmtree(run_dir)
-    print(f"sortednet-train: error: {err}", file=sys.stderr)
+    line = " ".join(str(err).split())
+    print(f"sortednet-train: error: {line}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -161,6 +165,8 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     run_dir = Path(cfg.run_dir)
     try:
         data, module = build(cfg)
+    except InstantiationException as err:  # hydra wraps the data module's own error
+        _refuse(err.__cause__ or err, run_dir)
     except (ValueError, FileNotFoundError) as err:
         _refuse(err, run_dir)
     trainer = make_trainer(cfg, run_dir)
