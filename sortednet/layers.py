@@ -17,6 +17,7 @@ from transformers.pytorch_utils import Conv1D
 
 # Roles: which active size an axis follows. "q" = heads * head_dim, "kv" = kv_heads * head_dim.
 ROLES = ("depth", "hidden", "q", "kv", "ffn")
+FIXED = "fixed"  # an output that never shrinks (a classifier's labels, an LM head's vocabulary)
 
 
 class NestState:
@@ -35,7 +36,20 @@ class NestState:
         return {role: getattr(self, role) for role in ROLES}
 
 
-class SlicedLinear(nn.Module):
+class Wrapper(nn.Module):
+    """Attributes the wrapper lacks are read from `base_layer`, so model code that inspects it still works."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            base = self._modules.get("base_layer")
+            if base is None:
+                raise
+            return getattr(base, name)
+
+
+class SlicedLinear(Wrapper):
     """`nn.Linear` or GPT-2 `Conv1D` whose output is one or more blocks, each a prefix of its full block.
 
     `blocks` is ((full_offset, role), ...): a plain projection has one block at offset 0; GPT-2's fused
@@ -59,15 +73,9 @@ class SlicedLinear(nn.Module):
             (w.shape[1], w.shape[0]) if self.transposed else (w.shape[0], w.shape[1])
         )
 
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.base_layer.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.base_layer.bias
-
     def _block_widths(self) -> list[int]:
+        if self.out_roles == (FIXED,):
+            return [self.full_out]
         return [getattr(self.state, role) for role in self.out_roles]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,3 +126,64 @@ class NestedLayerList(nn.ModuleList):
 
     def unnested(self) -> nn.ModuleList:
         return nn.ModuleList(list(self._modules.values()))
+
+
+class SlicedNorm(Wrapper):
+    """LayerNorm or HF RMSNorm over the first d features of the residual stream (d = the input's width)."""
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.full = base_layer.weight.shape[0]
+        self.rms = not isinstance(base_layer, nn.LayerNorm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x.shape[-1]
+        base = self.base_layer
+        if d == self.full:
+            return base(x)
+        if not self.rms:
+            bias = None if base.bias is None else base.bias[:d]
+            return F.layer_norm(x, (d,), base.weight[:d], bias, base.eps)
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + base.variance_epsilon)
+        return base.weight[:d] * h.to(dtype)
+
+
+class SlicedEmbedding(Wrapper):
+    """nn.Embedding whose vectors are cut to the first `state.hidden` features."""
+
+    def __init__(self, base_layer: nn.Embedding, state: NestState) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.state = state
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        d, base = self.state.hidden, self.base_layer
+        if d == base.embedding_dim:
+            return base(ids)
+        return F.embedding(
+            ids,
+            base.weight[:, :d],
+            base.padding_idx,
+            base.max_norm,
+            base.norm_type,
+            base.scale_grad_by_freq,
+            base.sparse,
+        )
+
+
+class SlicedOutput(Wrapper):
+    """Any module whose output features are independent of each other (ViT's patch + position embeddings):
+    run it, keep the first `state.hidden` features."""
+
+    def __init__(self, base_layer: nn.Module, state: NestState) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.state = state
+
+    def forward(self, *args, **kwargs):
+        out = self.base_layer(*args, **kwargs)
+        d = self.state.hidden
+        return out if d == out.shape[-1] else out[..., :d]

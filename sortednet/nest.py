@@ -8,12 +8,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from . import hf
 from .cost import param_cost_fn
 from .families import Family, family_for
-from .layers import NestedLayerList, NestState, SlicedLinear
+from .layers import FIXED, NestedLayerList, NestState, SlicedEmbedding, SlicedLinear, SlicedNorm, SlicedOutput
 from .spec import NestingSpace, Subnet
+
+WRAPPERS = (SlicedLinear, SlicedNorm, SlicedEmbedding, SlicedOutput)
 
 
 def nest(model: nn.Module, space: NestingSpace | str | Mapping[str, Any]) -> NestedModel:
@@ -27,10 +30,10 @@ def nest(model: nn.Module, space: NestingSpace | str | Mapping[str, Any]) -> Nes
         raise ValueError(f"nest() takes a transformers PreTrainedModel; got {type(model).__name__}")
     family = family_for(config)
     full = family.full_sizes(config)
-    for dim in space.dims:
-        family.resolve(full, dim, space.values[dim][-1])  # unsupported dims fail here, before any change
-    bound = space.bind(full, lambda d, v: family.resolve(full, d, v), param_cost_fn(model, family, full))
-    return NestedModel(model, bound, family, full)
+    bound = space.bind(full, lambda d, v: family.resolve(full, d, v), None)  # every check, before any change
+    nested = NestedModel(model, bound, family, full)
+    bound.set_cost(param_cost_fn(nested))
+    return nested
 
 
 class NestedModel(nn.Module):
@@ -71,20 +74,34 @@ class NestedModel(nn.Module):
             for path, role in self.family.layer_attrs.items():
                 owner_path, _, attr = path.rpartition(".")
                 self._patched.append((layer.get_submodule(owner_path), attr, role))
+        if "hidden" in self.space.dims:
+            self._inject_hidden()
+
+    def _inject_hidden(self) -> None:
+        """The residual width shrinks: embeddings, norms and every projection outside the layers follow it."""
+        hidden, base = self.full["hidden"], self.model.base_model
+        for path in self.family.hidden_outputs:
+            _replace(base, path, SlicedOutput(base.get_submodule(path), self.state))
+        for name, module in list(self.model.named_modules()):
+            if _inside_wrapper(self.model, name):
+                continue
+            if isinstance(module, nn.Embedding) and module.embedding_dim == hidden:
+                _replace(self.model, name, SlicedEmbedding(module, self.state))
+            elif _is_norm(module) and tuple(module.weight.shape) == (hidden,):
+                _replace(self.model, name, SlicedNorm(module))
+            elif isinstance(module, (nn.Linear, Conv1D)):
+                out = module.weight.shape[1 if isinstance(module, Conv1D) else 0]
+                role = "hidden" if out == hidden else FIXED
+                _replace(self.model, name, SlicedLinear(module, self.state, [(0, role)], "hidden"))
 
     def unnest(self) -> nn.Module:
         """Remove the wrappers and give back the plain full model (like PEFT's merge_and_unload)."""
         self.activate(self.space.largest)
-        base = self.model.base_model
-        parent_path, _, name = self.family.layers.rpartition(".")
-        parent = base.get_submodule(parent_path) if parent_path else base
-        layers = getattr(parent, name)
-        for layer in layers._modules.values():
-            for path in self.family.projections:
-                owner_path, _, attr = path.rpartition(".")
-                owner = layer.get_submodule(owner_path) if owner_path else layer
-                setattr(owner, attr, getattr(owner, attr).base_layer)
-        setattr(parent, name, layers.unnested())
+        for name, module in list(self.model.named_modules()):
+            if isinstance(module, WRAPPERS):
+                _replace(self.model, name, module.base_layer)
+            elif isinstance(module, NestedLayerList):
+                _replace(self.model, name, module.unnested())
         return self.model
 
     # ---- switching ----------------------------------------------------------------------------
@@ -153,6 +170,25 @@ class NestedModel(nn.Module):
         from .checkpoint import save
 
         save(self, path, metadata)
+
+
+def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    setattr(root.get_submodule(parent_path) if parent_path else root, attr, new)
+
+
+def _inside_wrapper(root: nn.Module, path: str) -> bool:
+    module = root
+    for part in path.split(".")[:-1] if path else []:
+        module = module._modules[part]
+        if isinstance(module, WRAPPERS):
+            return True
+    return False
+
+
+def _is_norm(module: nn.Module) -> bool:
+    rms = type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon")
+    return (isinstance(module, nn.LayerNorm) and module.weight is not None) or rms
 
 
 def build_submodel(

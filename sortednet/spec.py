@@ -161,6 +161,10 @@ class NestingSpace:
         bound._cost_fn = cost_fn
         return bound
 
+    def set_cost(self, cost_fn: CostFn) -> None:
+        """Order this bound space by `cost_fn` (the nested model's exact parameter count)."""
+        self._cost_fn, self._ordered, self._costs = cost_fn, None, None
+
     @property
     def is_bound(self) -> bool:
         return self._resolved is not None

@@ -9,22 +9,39 @@ from hydra import compose, initialize_config_dir
 
 from sortednet.cli.train import CONF_DIR, run
 
-QUICK = ["trainer.max_steps=2", "trainer.val_check_interval=2", "callbacks.progress=none", "eval_table.enabled=false"]
+QUICK = [
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "callbacks.progress=none",
+    "eval_table.enabled=false",
+]
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["sampler.name=nope"], r"sampler.name='nope' is unknown; allowed: all, uniform, sandwich, sorted, budget"),
-        (["sampler=all", "sampler.max_subnets=10"], r"sampler=all would train 18 subnets per step, above sampler.max_subnets=10"),
+        (
+            ["sampler.name=nope"],
+            r"sampler.name='nope' is unknown; allowed: all, uniform, sandwich, sorted, budget",
+        ),
+        (
+            ["sampler=all", "sampler.max_subnets=10"],
+            r"sampler=all would train 18 subnets per step, above sampler.max_subnets=10",
+        ),
         (["sampler=uniform", "sampler.k=40"], r"sampler.k=40 exceeds the 18 subnets of the space"),
-        (['val.subnets=["depth=3"]'], r"val.subnets: subnet depth=3 is not in the nesting space; allowed: 2, 4, 6"),
-        (["sampler=uniform", "train.distill.enabled=true"], r"train.distill.enabled=true needs the largest subnet"),
+        (
+            ['val.subnets=["depth=3"]'],
+            r"val.subnets: subnet depth=3 is not in the nesting space; allowed: 2, 4, 6",
+        ),
+        (
+            ["sampler=uniform", "train.distill.enabled=true"],
+            r"train.distill.enabled=true needs the largest subnet",
+        ),
         (["optim.schedule=step"], r"optim.schedule='step' is unknown; allowed: cosine, linear, constant"),
         (["train.accumulate=0"], r"train.accumulate=0 is below 1"),
         (["nesting.ffn=[0.0,1.0]"], r"ffn=0.0 is outside \(0, 1\]"),
         (["nesting.heads=[2,8]"], r"heads=8 exceeds the model's 4 attention heads"),
-        (["+nesting.hidden=[32,64]"], r"dimension 'hidden' cannot be nested for model family 'vit'"),
+        (["+nesting.channels=[32,64]"], r"dimension 'channels' cannot be nested for model family 'vit'"),
         (["model.class_name=NopeModel"], r"model.class_name='NopeModel' is not a transformers model class"),
         (["data.val_fraction=1.5"], r"val_fraction must be in the open interval \(0, 1\), got 1.5"),
     ],
@@ -43,8 +60,14 @@ def test_bad_config_is_refused_before_training(overrides, message, tmp_path, cap
 
 def cli(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "sortednet.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "sortednet.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_cli_refuses_in_one_line_and_writes_nothing(tmp_path):

@@ -31,10 +31,10 @@ import sortednet as sn
         ),
         (
             "bert",
-            dict(hidden=[16, 32]),
-            r"dimension 'hidden' cannot be nested for model family 'bert'; it supports: "
-            r"depth, heads, ffn",
+            dict(channels=[16, 32]),
+            r"dimension 'channels' cannot be nested for model family 'bert'; it supports: depth, heads, ffn, hidden",
         ),
+        ("llama", dict(hidden=[16, 64]), r"hidden=64 exceeds the model's 32 hidden size"),
         ("vit", dict(channels=[4]), r"dimension 'channels' cannot be nested for model family 'vit'"),
         ("llama", dict(depth=[0.1, 1.0]), r"depth=0.1 of 4 layers rounds to 0"),
         ("llama", dict(ffn=[0.5, 24]), r"mixes fractions and absolute sizes"),

@@ -151,3 +151,47 @@ def test_generate_runs_under_a_subnet():
         small = nested.extract(nested.active)
     want = small.generate(batch["input_ids"][:1], max_new_tokens=4, do_sample=False)
     assert torch.equal(out, want)
+
+
+HIDDEN_SPACE = dict(depth=[2, 4], hidden=[16, 24, 32], heads=[2, 3, 4], ffn=[0.5, 1.0])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_hidden_nesting_is_exact_at_full_width_and_extracts(name):
+    model = build(name)
+    batch = inputs(name)
+    ref = output(model, batch).detach()
+    space = dict(HIDDEN_SPACE, heads=[2, 4]) if name in ("llama", "qwen2", "mistral") else HIDDEN_SPACE
+    nested = sn.nest(model, sn.NestingSpace(**space))
+    with torch.no_grad():
+        assert (output(nested, batch) - ref).abs().max().item() <= 1e-6
+    exported = 0
+    for subnet in nested.space.subnets()[::2]:
+        sizes = nested.sizes(subnet)
+        with torch.no_grad(), nested.use(subnet):
+            want = output(nested, batch)
+        assert torch.isfinite(want).all()
+        if name not in HEAD_DIM_FAMILIES and sizes["hidden"] != sizes["heads"] * nested.full["head_dim"]:
+            with pytest.raises(ValueError, match=r"cannot be exported as a plain .* hidden = heads x 8"):
+                nested.extract(subnet)
+            continue
+        small = nested.extract(subnet)
+        assert small.config.hidden_size == sizes["hidden"]
+        with torch.no_grad():
+            assert (output(small, batch) - want).abs().max().item() <= 1e-5, subnet
+        assert small.num_parameters() == nested.num_params(subnet), subnet
+        exported += 1
+    assert exported >= 4
+
+
+def test_hidden_nesting_round_trips_through_the_one_file_checkpoint(tmp_path):
+    nested = sn.nest(build("gpt2"), sn.NestingSpace(**HIDDEN_SPACE))
+    path = tmp_path / "h.safetensors"
+    nested.save(path)
+    subnet = "depth=2,hidden=24,heads=3,ffn=0.5"
+    small = sn.load_submodel(path, subnet)
+    batch = inputs("gpt2")
+    with torch.no_grad(), nested.use(subnet):
+        assert (output(small, batch) - output(nested, batch)).abs().max().item() <= 1e-5
+    plain = sn.load(path).unnest()
+    assert not any(type(m).__module__.startswith("sortednet") for m in plain.modules())

@@ -40,10 +40,11 @@ class Family:
     projections: Mapping[str, Projection]  # layer-relative module path -> how it is sliced
     config_keys: Mapping[str, str]  # size name (depth, heads, kv_heads, ffn, hidden) -> config attribute
     head_dim_in_config: bool  # True: config.head_dim sets the head size, so fewer heads export exactly
-    dims: tuple[str, ...] = ("depth", "heads", "ffn")
-    layer_attrs: Mapping[str, str] = field(
-        default_factory=dict
-    )  # "module.attr" in a layer -> role, set on switch
+    dims: tuple[str, ...] = ("depth", "heads", "ffn", "hidden")
+    # "module.attr" in a layer -> role, set on a switch
+    layer_attrs: Mapping[str, str] = field(default_factory=dict)
+    # modules (in model.base_model) whose output features are independent: run whole, cut to `hidden`
+    hidden_outputs: tuple[str, ...] = ()
 
     # ---- sizes --------------------------------------------------------------------------------
     def _get(self, config: Any, size: str) -> Any:
@@ -110,13 +111,23 @@ class Family:
 
     # ---- export -------------------------------------------------------------------------------
     def check_export(self, full: Mapping[str, int], sizes: Mapping[str, int], class_name: str) -> None:
-        if not self.head_dim_in_config and sizes.get("heads", full["heads"]) != full["heads"]:
-            raise ValueError(
-                f"heads={sizes['heads']} cannot be exported as a plain {class_name}: {self.name} derives the head "
-                f"size from hidden_size / num_attention_heads and transformers 5 has no head pruning, so fewer heads "
-                f"would change the head size; nest depth/ffn only for export, or use a family whose config has "
-                f"head_dim ({HEAD_DIM_FAMILIES})"
-            )
+        if self.head_dim_in_config:
+            return
+        s = {**full, **sizes}
+        derived = s["hidden"] / s["heads"]
+        if derived == full["head_dim"]:
+            return
+        what = (
+            f"heads={s['heads']}"
+            if s["hidden"] == full["hidden"]
+            else f"hidden={s['hidden']} with heads={s['heads']}"
+        )
+        raise ValueError(
+            f"{what} cannot be exported as a plain {class_name}: {self.name} derives the head size from "
+            f"hidden_size / num_attention_heads (= {derived:g} here, trained as {full['head_dim']}) and transformers 5 "
+            f"has no head pruning; export subnets whose hidden = heads x {full['head_dim']}, nest depth/ffn only, or "
+            f"use a family whose config has head_dim ({HEAD_DIM_FAMILIES})"
+        )
 
     def sub_config(self, config: Any, full: Mapping[str, int], sizes: Mapping[str, int]) -> Any:
         """A copy of the config with the subnet's sizes (head size unchanged)."""

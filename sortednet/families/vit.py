@@ -21,4 +21,5 @@ VIT = Family(
         "hidden": "hidden_size",
     },
     head_dim_in_config=True,
+    hidden_outputs=("embeddings",),  # cls token + patch projection + position embeddings, per feature
 )
