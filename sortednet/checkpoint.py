@@ -19,7 +19,7 @@ from torch import nn
 
 from . import hf
 from .families import family_for
-from .nest import NestedModel, build_submodel, nest
+from .nest import NestedModel, build_submodel, factorized_ranks, nest
 from .spec import NestingSpace, Subnet
 
 FORMAT = "sortednet"
@@ -47,6 +47,7 @@ def save(nested: NestedModel, path: str | os.PathLike, metadata: Mapping[str, An
         "config": nested.model.config.to_dict(),
         "space": nested.space.to_dict(),
         "aliases": aliases,
+        "low_rank": nested.low_rank_info(),
         **nested.metadata,
         **(metadata or {}),
     }
@@ -101,15 +102,23 @@ def load(path: str | os.PathLike) -> NestedModel:
     meta = read_metadata(path)
     config = hf.config_from_dict(meta["config"])
     model = hf.empty_model(hf.model_class(meta["model_class"]), config)
+    nested = nest(model, NestingSpace.from_dict(meta["space"]))  # factorised layers get meta-device factors
     aliases = meta.get("aliases", {})
     with safe_open(str(path), framework="pt") as f:
-        hf.fill_model(model, lambda key, shape: f.get_tensor(aliases.get(key, key)))
-    nested = nest(model, NestingSpace.from_dict(meta["space"]))
+        hf.fill_model(
+            nested.model, lambda key, shape: f.get_tensor(aliases.get(key, key)), key_map=_original_key
+        )
+    nested.apply_low_rank_info(meta.get("low_rank", {}))
+    nested.eval()
     nested.metadata = {k: v for k, v in meta.items() if k not in _OWN_KEYS}
     return nested
 
 
-_OWN_KEYS = {"format", "version", "model_class", "config", "space", "aliases", "_keys"}
+_OWN_KEYS = {"format", "version", "model_class", "config", "space", "aliases", "low_rank", "_keys"}
+
+
+def _original_key(key: str) -> str:
+    return key.replace(".base_layer.", ".")
 
 
 def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
@@ -118,6 +127,9 @@ def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
     config = hf.config_from_dict(meta["config"])
     family = family_for(config)
     full = family.full_sizes(config)
+    low_rank = meta.get("low_rank", {})
+    if low_rank:
+        full["rank"] = max(e["full_rank"] for e in low_rank.values())
     space = NestingSpace.from_dict(meta["space"]).bind(full, lambda d, v: family.resolve(full, d, v), None)
     sizes = space.resolve(subnet)
     with safe_open(str(path), framework="pt") as f:
@@ -129,4 +141,5 @@ def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
             sizes,
             lambda key, idx: f.get_slice(key)[idx],
             meta.get("aliases", {}),
+            factorized_ranks(low_rank, full, sizes, space),
         )

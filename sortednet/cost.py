@@ -13,7 +13,7 @@ from collections import defaultdict
 import numpy as np
 from torch import nn
 
-from .layers import SlicedEmbedding, SlicedLinear, SlicedNorm, SlicedOutput
+from .layers import LowRankLinear, SlicedEmbedding, SlicedLinear, SlicedNorm, SlicedOutput
 
 
 def hidden_axes(model: nn.Module, hidden: int) -> dict[int, int]:
@@ -47,19 +47,32 @@ def _terms(params, axes: dict[int, int], hidden: int) -> dict[int, int]:
     return dict(terms)
 
 
+def _ranks(k: np.ndarray, module: LowRankLinear) -> np.ndarray:
+    """layers.layer_rank, vectorised over the space's rank sizes k, with the module's cut applied."""
+    if module.absolute:
+        r = np.minimum(k, module.full_rank)
+    else:
+        r = np.clip(np.round(k * module.full_rank / module.max_rank), 1, module.full_rank)
+    return np.minimum(r, module.cap).astype(np.int64)
+
+
 def param_cost_fn(nested):
-    """Cost function of a NestedModel's space: exact parameter count of each subnet."""
+    """Cost function of a NestedModel's space: exact parameter count of each subnet. A factorised projection
+    counts min(r (out + in), out x in): its factors, or the dense weight when that is smaller."""
     family, full, model = nested.family, nested.full, nested.model
     hidden = full["hidden"]
     layers = model.base_model.get_submodule(family.layers)
-    layer = layers[0]
     axes = hidden_axes(model, hidden) if "hidden" in nested.space.dims else {}
-    projections, projected = [], set()
-    for path, proj in family.projections.items():
-        module = layer.get_submodule(path)
-        projections.append((proj.out_roles, proj.in_role, module.bias is not None))
-        projected.update(id(p) for p in module.parameters())
-    layer_rest = _terms([p for p in layer.parameters() if id(p) not in projected], axes, hidden)
+    per_layer = []  # per layer: (rest terms, [(out_roles, in_role, has_bias, LowRankLinear | None)])
+    for layer in layers._modules.values():
+        projections, projected = [], set()
+        for path, proj in family.projections.items():
+            module = layer.get_submodule(path)
+            low_rank = module if isinstance(module, LowRankLinear) else None
+            projections.append((proj.out_roles, proj.in_role, module.base_layer.bias is not None, low_rank))
+            projected.update(id(p) for p in module.parameters())
+        rest = _terms([p for p in layer.parameters() if id(p) not in projected], axes, hidden)
+        per_layer.append((rest, projections))
     in_layers = {id(p) for p in layers.parameters()}
     shared = _terms([p for p in model.parameters() if id(p) not in in_layers], axes, hidden)
 
@@ -71,11 +84,16 @@ def param_cost_fn(nested):
         }
         roles = family.role_sizes(full, s)
         d = s["hidden"]
-        per_layer = sum(c * d**k for k, c in layer_rest.items())
-        for out_roles, in_role, has_bias in projections:
-            width = sum(roles[r] for r in out_roles)
-            per_layer = per_layer + width * roles[in_role] + (width if has_bias else 0)
-        total = sum(c * d**k for k, c in shared.items()) + s["depth"] * per_layer
+        total = sum(c * d**k for k, c in shared.items()) + np.zeros(n, dtype=np.int64)
+        for index, (rest, projections) in enumerate(per_layer):
+            count = sum(c * d**k for k, c in rest.items()) + np.zeros(n, dtype=np.int64)
+            for out_roles, in_role, has_bias, low_rank in projections:
+                width, fan_in = sum(roles[r] for r in out_roles), roles[in_role]
+                dense = width * fan_in
+                if low_rank is not None:
+                    dense = np.minimum(dense, _ranks(s["rank"], low_rank) * (width + fan_in))
+                count = count + dense + (width if has_bias else 0)
+            total = total + np.where(s["depth"] > index, count, 0)
         return np.asarray(total, dtype=np.float64)
 
     return cost

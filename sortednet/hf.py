@@ -35,9 +35,13 @@ def empty_model(cls: type, config: Any) -> nn.Module:
         return cls(config)
 
 
-def fill_model(model: nn.Module, read: Callable[[str, tuple[int, ...]], torch.Tensor]) -> nn.Module:
-    """Give every parameter and persistent buffer of `model` the tensor `read(key, shape)` returns."""
-    tensors = {key: read(key, tuple(t.shape)) for key, t in model.state_dict(keep_vars=True).items()}
+def fill_model(
+    model: nn.Module,
+    read: Callable[[str, tuple[int, ...]], torch.Tensor],
+    key_map: Callable[[str], str] = lambda key: key,
+) -> nn.Module:
+    """Give every parameter and persistent buffer of `model` the tensor `read(key_map(key), shape)` returns."""
+    tensors = {key: read(key_map(key), tuple(t.shape)) for key, t in model.state_dict(keep_vars=True).items()}
     model.load_state_dict(tensors, strict=True, assign=True)
     model.tie_weights()
     return model.eval()

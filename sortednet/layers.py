@@ -16,7 +16,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 # Roles: which active size an axis follows. "q" = heads * head_dim, "kv" = kv_heads * head_dim.
-ROLES = ("depth", "hidden", "q", "kv", "ffn")
+ROLES = ("depth", "hidden", "q", "kv", "ffn", "rank")
 FIXED = "fixed"  # an output that never shrinks (a classifier's labels, an LM head's vocabulary)
 
 
@@ -37,7 +37,15 @@ class NestState:
 
 
 class Wrapper(nn.Module):
-    """Attributes the wrapper lacks are read from `base_layer`, so model code that inspects it still works."""
+    """Attributes the wrapper lacks are read from `base_layer`, so model code that inspects it still works;
+    assigning one of the base layer's parameters (HF's tie_weights) assigns it on the base layer."""
+
+    def __setattr__(self, name: str, value) -> None:
+        base = self.__dict__.get("_modules", {}).get("base_layer")
+        if base is not None and name in base._parameters:
+            setattr(base, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def __getattr__(self, name: str):
         try:
@@ -103,6 +111,69 @@ class SlicedLinear(Wrapper):
 
     def extra_repr(self) -> str:
         return f"blocks={self.blocks}, in_role={self.in_role!r}, transposed={self.transposed}"
+
+
+def layer_rank(k: int, full_rank: int, max_rank: int, absolute: bool) -> int:
+    """A factorised layer's rank for the space's rank size k (k is relative to the largest factorised layer:
+    absolute sizes are capped at each layer's own rank, fractions scale with it)."""
+    if absolute:
+        return min(k, full_rank)
+    return max(1, min(full_rank, round(k * full_rank / max_rank)))
+
+
+class LowRankLinear(SlicedLinear):
+    """A SlicedLinear whose weight is factorised W = U @ V (U: out x R, V: R x in), the components ordered by
+    singular value; the active rank r uses U[:, :r] and V[:r] (Maestro's ordered representation).
+
+    `cap` is where progressive shrinking cut the trailing components; `sampled` a per-layer rank drawn for
+    one training step (ordered dropout per layer). The base layer keeps only its bias.
+    """
+
+    def __init__(self, base_layer, state, blocks, in_role, max_rank: int, absolute: bool, init: bool = True):
+        super().__init__(base_layer, state, blocks, in_role)
+        weight = base_layer.weight
+        self.full_rank = min(self.full_out, self.full_in)
+        self.max_rank, self.absolute = max_rank, absolute
+        self.cap = self.full_rank
+        self.sampled: int | None = None
+        self._ranks: dict[int, int] = {}
+        dense = (weight.t() if self.transposed else weight).detach()
+        if init and dense.device.type != "meta":
+            u, sigma, vh = torch.linalg.svd(dense.float(), full_matrices=False)
+            root = sigma.sqrt()
+            u, v = (u * root).to(weight.dtype), (root[:, None] * vh).to(weight.dtype)
+        else:
+            u = torch.empty(self.full_out, self.full_rank, dtype=weight.dtype, device=weight.device)
+            v = torch.empty(self.full_rank, self.full_in, dtype=weight.dtype, device=weight.device)
+        self.U = nn.Parameter(u.contiguous(), requires_grad=weight.requires_grad)
+        self.V = nn.Parameter(v.contiguous(), requires_grad=weight.requires_grad)
+        del base_layer.weight
+        base_layer.register_parameter("weight", None)
+
+    def rank(self) -> int:
+        k = self.state.rank
+        r = self._ranks.get(k)
+        if r is None:
+            r = self._ranks[k] = layer_rank(k, self.full_rank, self.max_rank, self.absolute)
+        r = min(r, self.cap)
+        return r if self.sampled is None else min(r, self.sampled)
+
+    def dense_weight(self) -> torch.Tensor:
+        """U @ V at full rank, in the base layer's own layout."""
+        w = self.U[:, : self.cap] @ self.V[: self.cap]
+        return w.t() if self.transposed else w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r, widths, bias = self.rank(), self._block_widths(), self.base_layer.bias
+        h = F.linear(x, self.V[:r, : x.shape[-1]])
+        outs = []
+        for (offset, _), width in zip(self.blocks, widths, strict=True):
+            b = None if bias is None else bias[offset : offset + width]
+            outs.append(F.linear(h, self.U[offset : offset + width, :r], b))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, full_rank={self.full_rank}, cap={self.cap}"
 
 
 class NestedLayerList(nn.ModuleList):

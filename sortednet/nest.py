@@ -13,7 +13,17 @@ from transformers.pytorch_utils import Conv1D
 from . import hf
 from .cost import param_cost_fn
 from .families import Family, family_for
-from .layers import FIXED, NestedLayerList, NestState, SlicedEmbedding, SlicedLinear, SlicedNorm, SlicedOutput
+from .layers import (
+    FIXED,
+    LowRankLinear,
+    NestedLayerList,
+    NestState,
+    SlicedEmbedding,
+    SlicedLinear,
+    SlicedNorm,
+    SlicedOutput,
+    layer_rank,
+)
 from .spec import NestingSpace, Subnet
 
 WRAPPERS = (SlicedLinear, SlicedNorm, SlicedEmbedding, SlicedOutput)
@@ -30,6 +40,10 @@ def nest(model: nn.Module, space: NestingSpace | str | Mapping[str, Any]) -> Nes
         raise ValueError(f"nest() takes a transformers PreTrainedModel; got {type(model).__name__}")
     family = family_for(config)
     full = family.full_sizes(config)
+    if "rank" in space.dims:
+        layer = model.base_model.get_submodule(family.layers)[0]
+        targets = family.rank_targets(space.rank_targets)
+        full["rank"] = max(min(layer.get_submodule(path).weight.shape) for path in targets)
     bound = space.bind(full, lambda d, v: family.resolve(full, d, v), None)  # every check, before any change
     nested = NestedModel(model, bound, family, full)
     bound.set_cost(param_cost_fn(nested))
@@ -62,6 +76,10 @@ class NestedModel(nn.Module):
         layers = NestedLayerList(getattr(parent, name), self.state)
         setattr(parent, name, layers)
         full_roles = self.family.role_sizes(self.full, {})
+        low_rank = (
+            set(self.family.rank_targets(self.space.rank_targets)) if "rank" in self.space.dims else set()
+        )
+        absolute = bool(low_rank) and isinstance(self.space.values["rank"][0], int)
         for layer in layers._modules.values():
             for path, proj in self.family.projections.items():
                 owner_path, _, attr = path.rpartition(".")
@@ -70,7 +88,14 @@ class NestedModel(nn.Module):
                 for role in proj.out_roles:
                     blocks.append((offset, role))
                     offset += full_roles[role]
-                setattr(owner, attr, SlicedLinear(getattr(owner, attr), self.state, blocks, proj.in_role))
+                base = getattr(owner, attr)
+                if path in low_rank:
+                    wrapped = LowRankLinear(
+                        base, self.state, blocks, proj.in_role, self.full["rank"], absolute
+                    )
+                else:
+                    wrapped = SlicedLinear(base, self.state, blocks, proj.in_role)
+                setattr(owner, attr, wrapped)
             for path, role in self.family.layer_attrs.items():
                 owner_path, _, attr = path.rpartition(".")
                 self._patched.append((layer.get_submodule(owner_path), attr, role))
@@ -98,6 +123,8 @@ class NestedModel(nn.Module):
         """Remove the wrappers and give back the plain full model (like PEFT's merge_and_unload)."""
         self.activate(self.space.largest)
         for name, module in list(self.model.named_modules()):
+            if isinstance(module, LowRankLinear):  # fuse the factors back into one dense weight
+                module.base_layer.weight = nn.Parameter(module.dense_weight().detach().clone())
             if isinstance(module, WRAPPERS):
                 _replace(self.model, name, module.base_layer)
             elif isinstance(module, NestedLayerList):
@@ -153,16 +180,37 @@ class NestedModel(nn.Module):
         """The wrapped model's tensors under the original model's keys (no `base_layer`)."""
         return {k.replace(".base_layer.", "."): v for k, v in self.model.state_dict().items()}
 
+    # ---- low rank -----------------------------------------------------------------------------
+    def low_rank_modules(self) -> dict[str, LowRankLinear]:
+        """Factorised projections under their original-model names."""
+        return {_original(n): m for n, m in self.model.named_modules() if isinstance(m, LowRankLinear)}
+
+    def low_rank_info(self) -> dict[str, dict[str, Any]]:
+        """What the one-file checkpoint records of each factorised projection (its cut included)."""
+        return {
+            n: {"full_rank": m.full_rank, "cap": m.cap, "transposed": m.transposed}
+            for n, m in self.low_rank_modules().items()
+        }
+
+    def apply_low_rank_info(self, info: Mapping[str, Mapping[str, Any]]) -> None:
+        modules = self.low_rank_modules()
+        for name, entry in info.items():
+            modules[name].cap = int(entry["cap"])
+        self.space.set_cost(param_cost_fn(self))
+
     def extract(self, subnet: Subnet | str) -> nn.Module:
-        """A plain transformers model of the same class, with the subnet's config and cloned weights."""
+        """A plain transformers model of the same class, with the subnet's config and cloned weights.
+        Factorised projections are fused to dense weights (no transformers config expresses them)."""
         source = self.base_state_dict()
+        sizes = self.space.resolve(subnet)
         return build_submodel(
             type(self.model),
             self.model.config,
             self.family,
             self.full,
-            self.space.resolve(subnet),
+            sizes,
             lambda key, idx: source[key][idx].clone(memory_format=torch.contiguous_format),
+            factorized=factorized_ranks(self.low_rank_info(), self.full, sizes, self.space),
         )
 
     def save(self, path: str, metadata: Mapping[str, Any] | None = None) -> None:
@@ -191,6 +239,27 @@ def _is_norm(module: nn.Module) -> bool:
     return (isinstance(module, nn.LayerNorm) and module.weight is not None) or rms
 
 
+def _original(name: str) -> str:
+    return name.replace(".base_layer.", ".").removesuffix(".base_layer")
+
+
+def factorized_ranks(
+    info: Mapping[str, Mapping[str, Any]],
+    full: Mapping[str, int],
+    sizes: Mapping[str, int],
+    space: NestingSpace,
+) -> dict[str, tuple[bool, int]]:
+    """{projection name: (transposed, rank)} of a subnet's factorised projections."""
+    if not info:
+        return {}
+    k = sizes.get("rank", full["rank"])
+    absolute = isinstance(space.values["rank"][0], int)
+    return {
+        name: (e["transposed"], min(layer_rank(k, e["full_rank"], full["rank"], absolute), e["cap"]))
+        for name, e in info.items()
+    }
+
+
 def build_submodel(
     cls: type,
     config: Any,
@@ -199,16 +268,28 @@ def build_submodel(
     sizes: Mapping[str, int],
     read_slice,
     aliases: Mapping[str, str] | None = None,
+    factorized: Mapping[str, tuple[bool, int]] | None = None,
 ) -> nn.Module:
-    """Build the plain smaller model; `read_slice(key, index)` returns a new tensor for one index tuple."""
+    """Build the plain smaller model; `read_slice(key, index)` returns a new tensor for one index tuple.
+    A factorised projection's weight is fused: U[rows, :r] @ V[:r, cols] for each of its blocks."""
     family.check_export(full, sizes, cls.__name__)
     small = hf.empty_model(cls, family.sub_config(config, full, sizes))
-    aliases = aliases or {}
+    aliases, factorized = aliases or {}, factorized or {}
+
+    def fused(prefix: str, idx: tuple[slice, ...]) -> torch.Tensor:
+        transposed, r = factorized[prefix]
+        rows, cols = (idx[1], idx[0]) if transposed else idx
+        w = read_slice(f"{prefix}.U", (rows, slice(0, r))) @ read_slice(f"{prefix}.V", (slice(0, r), cols))
+        return w.t().contiguous() if transposed else w
 
     def read(key: str, shape: tuple[int, ...]) -> torch.Tensor:
         parts, axis = family.slices(key, shape, full, sizes)
         source = aliases.get(key, key)
-        tensors = [read_slice(source, idx) for idx in parts]
+        prefix, _, leaf = source.rpartition(".")
+        if leaf == "weight" and prefix in factorized:
+            tensors = [fused(prefix, idx) for idx in parts]
+        else:
+            tensors = [read_slice(source, idx) for idx in parts]
         out = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=axis)
         if tuple(out.shape) != shape:
             raise ValueError(f"{key}: slice has shape {tuple(out.shape)}, the sub-model expects {shape}")

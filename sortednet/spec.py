@@ -113,8 +113,19 @@ class NestingSpace:
     (12, 'depth=6,heads=6,ffn=0.25')
     """
 
-    def __init__(self, values: Mapping[str, Iterable[Value]] | None = None, **dims: Iterable[Value]) -> None:
+    def __init__(
+        self,
+        values: Mapping[str, Iterable[Value]] | None = None,
+        *,
+        rank_targets: Iterable[str] | None = None,
+        **dims: Iterable[Value],
+    ) -> None:
         merged = {**(values or {}), **dims}
+        targets = merged.pop("rank_targets", None) if rank_targets is None else rank_targets
+        # which projections `rank` factorises: layer-relative name patterns (fnmatch); None = the family's all
+        self.rank_targets: tuple[str, ...] | None = None if targets is None else tuple(targets)
+        if self.rank_targets is not None and "rank" not in merged:
+            raise ValueError("nesting space rank_targets is set but rank is not; give rank=[...] sizes too")
         self.values: dict[str, tuple[Value, ...]] = {}
         for dim in DIMENSIONS:
             if merged.get(dim) is None:
@@ -149,7 +160,7 @@ class NestingSpace:
         self, full: Mapping[str, int], resolve: Callable[[str, Value], int], cost_fn: CostFn | None
     ) -> NestingSpace:
         """A copy bound to a model: `resolve(dim, value)` validates and gives the absolute size."""
-        bound = NestingSpace(self.values)
+        bound = NestingSpace(self.values, rank_targets=self.rank_targets)
         bound.full = dict(full)
         bound._resolved = {d: tuple(resolve(d, v) for v in vals) for d, vals in self.values.items()}
         for dim, sizes in bound._resolved.items():
@@ -291,8 +302,11 @@ class NestingSpace:
         return [ordered[i] for i in rng.integers(0, len(ordered), size=k)]
 
     # ---- (de)serialisation --------------------------------------------------------------------
-    def to_dict(self) -> dict[str, list[Value]]:
-        return {d: list(v) for d, v in self.values.items()}
+    def to_dict(self) -> dict[str, list]:
+        out: dict[str, list] = {d: list(v) for d, v in self.values.items()}
+        if self.rank_targets is not None:
+            out["rank_targets"] = list(self.rank_targets)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Iterable[Value]]) -> NestingSpace:
@@ -312,7 +326,11 @@ class NestingSpace:
         return cls(dims)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, NestingSpace) and self.values == other.values
+        return (
+            isinstance(other, NestingSpace)
+            and self.values == other.values
+            and self.rank_targets == other.rank_targets
+        )
 
     def __repr__(self) -> str:
         inner = ", ".join(

@@ -9,6 +9,7 @@ from the one-file checkpoint), so the two can never disagree.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 from ..spec import Value
 
 DIM_NAMES = {
+    "rank": "rank (of the largest factorised projection)",
     "depth": "layers",
     "heads": "attention heads",
     "ffn": "FFN neurons (intermediate size)",
@@ -40,7 +42,7 @@ class Family:
     projections: Mapping[str, Projection]  # layer-relative module path -> how it is sliced
     config_keys: Mapping[str, str]  # size name (depth, heads, kv_heads, ffn, hidden) -> config attribute
     head_dim_in_config: bool  # True: config.head_dim sets the head size, so fewer heads export exactly
-    dims: tuple[str, ...] = ("depth", "heads", "ffn", "hidden")
+    dims: tuple[str, ...] = ("depth", "heads", "ffn", "hidden", "rank")
     # "module.attr" in a layer -> role, set on a switch
     layer_attrs: Mapping[str, str] = field(default_factory=dict)
     # modules (in model.base_model) whose output features are independent: run whole, cut to `hidden`
@@ -107,7 +109,20 @@ class Family:
             "q": s["heads"] * full["head_dim"],
             "kv": kv_heads * full["head_dim"],
             "ffn": s["ffn"],
+            "rank": s.get("rank", 0),
         }
+
+    def rank_targets(self, patterns: tuple[str, ...] | None) -> list[str]:
+        """Layer-relative projection paths that `rank` factorises (all of them when patterns is None)."""
+        if patterns is None:
+            return list(self.projections)
+        chosen = [p for p in self.projections if any(fnmatch.fnmatchcase(p, pat) for pat in patterns)]
+        if not chosen:
+            raise ValueError(
+                f"nesting space rank_targets={list(patterns)} match no projection of model family {self.name!r}; "
+                f"its projections: {', '.join(self.projections)}"
+            )
+        return chosen
 
     # ---- export -------------------------------------------------------------------------------
     def check_export(self, full: Mapping[str, int], sizes: Mapping[str, int], class_name: str) -> None:
