@@ -19,12 +19,24 @@ COMMON = [
     "callbacks.progress=none",
     "eval_table.max_batches=2",
 ]
-TINY_LLAMA = ["model.pretrained=null", "+model.config.model_type=llama", "+model.config.hidden_size=32",
-              "+model.config.num_hidden_layers=2", "+model.config.num_attention_heads=4",
-              "+model.config.num_key_value_heads=2", "+model.config.intermediate_size=64"]
-TINY_BERT = ["model.pretrained=null", "+model.config.model_type=bert", "+model.config.hidden_size=32",
-             "+model.config.num_hidden_layers=12", "+model.config.num_attention_heads=4",
-             "+model.config.intermediate_size=64", "+model.config.vocab_size=30522"]
+TINY_LLAMA = [
+    "model.pretrained=null",
+    "+model.config.model_type=llama",
+    "+model.config.hidden_size=32",
+    "+model.config.num_hidden_layers=2",
+    "+model.config.num_attention_heads=4",
+    "+model.config.num_key_value_heads=2",
+    "+model.config.intermediate_size=64",
+]
+TINY_BERT = [
+    "model.pretrained=null",
+    "+model.config.model_type=bert",
+    "+model.config.hidden_size=32",
+    "+model.config.num_hidden_layers=12",
+    "+model.config.num_attention_heads=4",
+    "+model.config.intermediate_size=64",
+    "+model.config.vocab_size=30522",
+]
 
 
 def hub_free_overrides(name: str, tmp_path: Path) -> list[str]:
@@ -34,15 +46,30 @@ def hub_free_overrides(name: str, tmp_path: Path) -> list[str]:
             with open(tmp_path / f"{split}.csv", "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["sentence", "label"])
-                writer.writerows([[f"a {'good' if i % 2 else 'bad'} film number {i}", i % 2] for i in range(n)])
+                writer.writerows(
+                    [[f"a {'good' if i % 2 else 'bad'} film number {i}", i % 2] for i in range(n)]
+                )
         files = f"{{train:{tmp_path}/train.csv,validation:{tmp_path}/validation.csv}}"
-        return ["trainer=cpu", *TINY_BERT, "data.dataset=null", f"data.data_files={files}",
-                f"data.tokenizer={offline_model_path('all-MiniLM-L6-v2')}", "data.batch_size=8"]
+        return [
+            "trainer=cpu",
+            *TINY_BERT,
+            "data.dataset=null",
+            f"data.data_files={files}",
+            f"data.tokenizer={offline_model_path('all-MiniLM-L6-v2')}",
+            "data.batch_size=8",
+        ]
     if name == "matformer_llama":
         (tmp_path / "corpus.txt").write_text("Now is the winter of our discontent\n" * 200)
-        return ["trainer=cpu", *TINY_LLAMA, "data.tokenizer=char", "data.dataset=null",
-                f"data.data_files={tmp_path}/corpus.txt", "data.block_size=32", "data.batch_size=4",
-                "train.accumulate=2"]
+        return [
+            "trainer=cpu",
+            *TINY_LLAMA,
+            "data.tokenizer=char",
+            "data.dataset=null",
+            f"data.data_files={tmp_path}/corpus.txt",
+            "data.block_size=32",
+            "data.batch_size=4",
+            "train.accumulate=2",
+        ]
     if name == "shakespeare_gpt2":
         return ["data.max_chars=200000", "data.batch_size=8"]
     if name == "minilm_nested":
@@ -56,10 +83,19 @@ def compose_recipe(name: str, overrides: list[str]):
 
 
 def test_every_recipe_is_listed():
-    assert RECIPES == ["digits_vit", "matformer_llama", "minilm_nested", "shakespeare_gpt2", "sortednet_bert_glue"]
+    assert RECIPES == [
+        "digits_vit",
+        "maestro_digits",
+        "matformer_llama",
+        "minilm_nested",
+        "shakespeare_gpt2",
+        "sortednet_bert_glue",
+    ]
     for name in RECIPES:
         head = (CONF_DIR.parent / "recipes" / f"{name}.yaml").read_text().splitlines()[:2]
-        assert head[0] == "# @package _global_" and head[1].startswith(f"# Launch: sortednet-train experiment={name}")
+        assert head[0] == "# @package _global_" and head[1].startswith(
+            f"# Launch: sortednet-train experiment={name}"
+        )
 
 
 @pytest.mark.parametrize("name", RECIPES)
