@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -143,3 +144,27 @@ def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
             meta.get("aliases", {}),
             factorized_ranks(low_rank, full, sizes, space),
         )
+
+
+def update_metadata(path: str | os.PathLike, **extra: Any) -> None:
+    """Merge `extra` into a sortednet checkpoint's JSON metadata, rewriting only the header: the tensor bytes
+    are copied as they are (no model is loaded; the weights stay bit-identical). Atomic (temp file + rename).
+    """
+    path = Path(path)
+    read_metadata(path)  # a clear error for anything that is not a sortednet checkpoint
+    tmp = path.with_name(path.name + ".tmp")
+    with open(path, "rb") as src:
+        length = int.from_bytes(src.read(8), "little")
+        header = json.loads(src.read(length))
+        meta = header.setdefault("__metadata__", {})
+        own = json.loads(meta[FORMAT])
+        own.update(extra)
+        meta[FORMAT] = json.dumps(own, default=str)
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as safetensors writes it
+        with open(tmp, "wb") as out:
+            out.write(len(raw).to_bytes(8, "little"))
+            out.write(raw)
+            shutil.copyfileobj(src, out, 16 << 20)
+    shutil.copymode(path, tmp)
+    os.replace(tmp, path)

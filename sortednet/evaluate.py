@@ -1,14 +1,23 @@
-"""Evaluate sub-models: the task metrics of each subnet on a dataloader, with its exact parameter count."""
+"""Evaluate sub-models: the task metrics of each subnet on a dataloader, with its exact parameter count, and
+(for `evaluate`) its FLOPs per sample and measured latency; the table kept in the checkpoint's metadata."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from .measure import batch_of, count_flops, measure_latencies, one_sample, to_device
 from .nest import NestedModel
 from .spec import Subnet
 from .train.tasks import Task
+
+# the direction of every metric a table can hold: True when higher is better
+HIGHER_IS_BETTER = {"accuracy": True, "loss": False, "perplexity": False}
+COST_KEYS = ("params", "flops", "latency_ms")
 
 
 @torch.no_grad()
@@ -42,3 +51,94 @@ def evaluate_subnets(
         if progress:
             progress(subnet)
     return rows
+
+
+def _device_of(nested: NestedModel) -> torch.device:
+    return next(nested.parameters()).device
+
+
+@torch.no_grad()
+def evaluate(
+    nested: NestedModel,
+    batches: Sequence[Mapping[str, torch.Tensor]],
+    task: Task,
+    subnets: Sequence[Subnet | str],
+    *,
+    flops: bool = True,
+    latency: bool = True,
+    latency_batch_size: int = 1,
+    warmup: int = 3,
+    repeats: int = 10,
+    latency_threads: int | None = None,
+    progress: Callable[[Subnet], None] | None = None,
+    latency_progress: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per subnet, in the order given: subnet, params (exact), flops (per sample, one forward pass of
+    the first validation example, counted by FlopCounterMode), latency_ms (median forward time of a batch of
+    `latency_batch_size` on the model's device after `warmup` passes, `repeats` rounds interleaved over the
+    subnets, with `latency_threads` CPU threads if given), and the task's metrics over `batches`.
+    `batches` is read once per subnet (a list, or a re-iterable loader); they move to the model's device.
+    `progress(subnet)` after each subnet's metrics, `latency_progress(round)` after each timing round."""
+    if latency_batch_size < 1:
+        raise ValueError(f"latency.batch_size={latency_batch_size} is below 1; allowed: an int >= 1")
+    device = _device_of(nested)
+    was_training = nested.training
+    nested.eval()
+    subnets = [nested.space.normalize(s) for s in subnets]
+    rows: list[dict[str, Any]] = []
+    first: dict[str, torch.Tensor] | None = None
+    try:
+        for subnet in subnets:
+            sums: torch.Tensor | int = 0
+            with nested.use(subnet):
+                for batch in batches:
+                    batch = to_device(batch, device)
+                    first = first if first is not None else batch
+                    sums = sums + task.stats(nested(**batch).logits, batch["labels"])
+            if first is None:
+                raise ValueError("the validation set gave no batches; nothing to evaluate")
+            row: dict[str, Any] = {"subnet": str(subnet), "params": nested.num_params(subnet)}
+            if flops:
+                row["flops"] = count_flops(nested, subnet, one_sample(first))
+            if latency:
+                row["latency_ms"] = None  # measured below, interleaved over all subnets
+            row.update(task.summarize(sums))  # type: ignore[arg-type]
+            rows.append(row)
+            if progress:
+                progress(subnet)
+        if latency and first is not None:
+            inputs = batch_of(first, latency_batch_size)
+            times = measure_latencies(
+                nested, subnets, inputs, warmup, repeats, latency_threads, on_round=latency_progress
+            )
+            for row, ms in zip(rows, times, strict=True):
+                row["latency_ms"] = ms
+    finally:
+        nested.train(was_training)
+    return rows
+
+
+def headline_metric(rows: Sequence[Mapping[str, Any]], metric: str | None = None) -> tuple[str, bool]:
+    """The metric to rank by and whether higher is better: `metric` if given, else perplexity for language
+    models (the tables that have it), else accuracy."""
+    keys = set(rows[0]) if rows else set()
+    if metric is None:
+        metric = "perplexity" if "perplexity" in keys else "accuracy" if "accuracy" in keys else "loss"
+    if metric not in keys or metric in ("subnet", *COST_KEYS):
+        allowed = [k for k in (rows[0] if rows else []) if k in HIGHER_IS_BETTER]
+        raise ValueError(f"metric {metric!r} is not in the evaluation table; allowed: {', '.join(allowed)}")
+    return metric, HIGHER_IS_BETTER.get(metric, False)
+
+
+def checkpoint_path(path: str | os.PathLike) -> Path:
+    """A run folder means its `checkpoints/last.safetensors`; anything else is taken as the file itself."""
+    path = Path(path)
+    if path.is_dir():
+        candidate = path / "checkpoints" / "last.safetensors"
+        if not candidate.is_file():
+            raise FileNotFoundError(
+                f"{str(path)!r} is a folder without checkpoints/last.safetensors; "
+                "give a run folder or a .safetensors file"
+            )
+        return candidate
+    return path

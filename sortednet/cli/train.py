@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.errors import InstantiationException
 import lightning as L
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from ..nest import nest
@@ -49,12 +49,19 @@ def check_config(cfg: DictConfig) -> NestingSpace:
             f"train.distill.enabled=true needs the largest subnet in every step, which sampler={sampler.name!r} "
             "cannot guarantee; use sampler=sandwich or sampler=all"
         )
+    if "rank" in space.dims:
+        from ..train.maestro import MaestroCallback
+
+        MaestroCallback(**OmegaConf.to_container(cfg.train.rank, resolve=True))  # checks the options
     if cfg.optim.schedule not in ("cosine", "linear", "constant"):
         raise ValueError(
             f"optim.schedule={cfg.optim.schedule!r} is unknown; allowed: cosine, linear, constant"
         )
     if int(cfg.train.accumulate) < 1:
         raise ValueError(f"train.accumulate={cfg.train.accumulate} is below 1; allowed: an int >= 1")
+    from ..train.eval_callback import check_eval_callback
+
+    check_eval_callback(cfg.callbacks.get("eval"), space)
     return space
 
 
@@ -91,8 +98,11 @@ def build(cfg: DictConfig):
 
 def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.loggers import WandbLogger
 
     from ..train.callbacks import NestedCheckpoint
+    from ..train.eval_callback import SubnetEvaluation
+    from ..train.maestro import MaestroCallback
 
     run_config = OmegaConf.to_container(cfg, resolve=True)
     callbacks: list[L.Callback] = [
@@ -103,6 +113,10 @@ def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         )
     ]
     trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    if "rank" in cfg.nesting:
+        callbacks.append(
+            MaestroCallback(**OmegaConf.to_container(cfg.train.rank, resolve=True), seed=cfg.seed)
+        )
     progress = cfg.callbacks.get("progress", "rich")
     if progress == "rich":
         callbacks.append(RichProgressBar())
@@ -110,8 +124,14 @@ def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
         callbacks.append(TQDMProgressBar())
     else:
         trainer_kwargs["enable_progress_bar"] = False
+    eval_cfg = cfg.callbacks.get("eval")
+    if eval_cfg and eval_cfg.get("enabled", True):
+        options = {k: v for k, v in OmegaConf.to_container(eval_cfg, resolve=True).items() if k != "enabled"}
+        callbacks.append(SubnetEvaluation(**options))
     logger_cfg = cfg.get("logger") or {}
     logger = hydra.utils.instantiate(logger_cfg) if logger_cfg.get("_target_") else False
+    if isinstance(logger, WandbLogger):
+        logger.log_hyperparams(run_config)
     return L.Trainer(**trainer_kwargs, logger=logger, callbacks=callbacks, default_root_dir=str(run_dir))
 
 
@@ -120,6 +140,7 @@ def finish(cfg: DictConfig, trainer: L.Trainer, data, module, run_dir: Path) -> 
     from ..evaluate import evaluate_subnets
     from ..report import print_table, write_table
     from ..train.callbacks import one_file_path
+    from ..train.eval_callback import log_final
 
     last = run_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(last, weights_only=False)
@@ -143,6 +164,7 @@ def finish(cfg: DictConfig, trainer: L.Trainer, data, module, run_dir: Path) -> 
         "eval_table": rows,
     }
     nested.save(one_file_path(last), metadata=metadata)
+    log_final(trainer, rows, run_dir, one_file_path(last), {"global_step": trainer.global_step})
     print(f"run folder: {run_dir}\n  {last}\n  {one_file_path(last)}")
     return rows
 

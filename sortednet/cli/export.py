@@ -1,0 +1,239 @@
+"""sortednet-export: one sub-model of a checkpoint as a plain transformers folder (loads without sortednet).
+
+    sortednet-export runs/digits_vit/<time> --subnet depth=4,heads=4,ffn=0.25 --out small/ [--dtype bf16]
+
+The folder holds config.json and model.safetensors (read from the checkpoint's slices of that sub-model only),
+the run's tokenizer or image processor, and sortednet.json (where it came from, its figures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .tools import Parser, check_out_dir, command, open_checkpoint
+
+PROG = "sortednet-export"
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def char_tokenizer_fast(chars: str) -> Any:
+    """A transformers fast tokenizer with the same ids as sortednet's CharTokenizer (one token per character,
+    ids = positions in the sorted characters), so that pipeline("text-generation") works on the folder."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=chars[0]))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=None)
+
+
+def image_processor_like_run(data: Mapping[str, Any], config: Any) -> Any:
+    """An image processor that maps a PIL image the way the run's data module did (resize to the model's image
+    size, [0, 255] -> [-1, 1] per channel). For digits: 8x8 grey ("L") images, values scaled to 0..255."""
+    import transformers
+
+    cls = getattr(transformers, "ViTImageProcessorPil", None) or transformers.ViTImageProcessor
+    size, channels = int(config.image_size), int(getattr(config, "num_channels", 3))
+    return cls(
+        size={"height": size, "width": size},
+        resample=3 if data.get("dataset") != "digits" else 2,  # PIL's default resize is bicubic
+        rescale_factor=1 / 255,
+        image_mean=[0.5] * channels,
+        image_std=[0.5] * channels,
+    )
+
+
+def grey_to_rgb(model: Any) -> None:
+    """Make a 1-channel image model take RGB: the patch embedding's weights repeated over 3 channels and
+    divided by 3, so a grey image given as RGB (R = G = B, as pipeline() makes every image) gives the same
+    output."""
+    import torch
+    from torch import nn
+
+    embed = getattr(getattr(model.base_model, "embeddings", None), "patch_embeddings", None)
+    conv = getattr(embed, "projection", None)
+    if not isinstance(conv, nn.Conv2d) or conv.in_channels != 1:
+        raise ValueError(
+            f"--rgb is for 1-channel ViT/DeiT image models; {type(model).__name__} has no 1-channel "
+            "patch embedding"
+        )
+    rgb = nn.Conv2d(
+        3, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
+    )
+    rgb = rgb.to(dtype=conv.weight.dtype)
+    with torch.no_grad():
+        rgb.weight.copy_(conv.weight.repeat(1, 3, 1, 1) / 3)
+        if conv.bias is not None:
+            rgb.bias.copy_(conv.bias)
+    embed.projection, embed.num_channels, model.config.num_channels = rgb, 3, 3
+
+
+def preprocessor(meta: Mapping[str, Any], config: Any) -> tuple[Any, str | None, str]:
+    """(processor to save_pretrained or None, CharTokenizer chars or None, what it is), from the run's data
+    config; one-line ValueError when it cannot be loaded (offline, moved)."""
+    try:
+        return _preprocessor(meta, config)
+    except (OSError, RuntimeError, ImportError) as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"the run's tokenizer or image processor could not be loaded: {first}") from None
+    except Exception as err:  # hydra's InstantiationException around the data module's own error
+        cause = err.__cause__ or err
+        if type(err).__name__ != "InstantiationException":
+            raise
+        raise ValueError(f"the run's data config could not be built: {cause}") from None
+
+
+def _preprocessor(meta: Mapping[str, Any], config: Any) -> tuple[Any, str | None, str]:
+    data = dict((meta.get("train_config") or {}).get("data") or {})
+    target = str(data.get("_target_", ""))
+    if target.endswith("ImageClassificationDataModule"):
+        if data.get("processor"):
+            from transformers import AutoImageProcessor
+
+            return (
+                AutoImageProcessor.from_pretrained(data["processor"]),
+                None,
+                f"image processor {data['processor']}",
+            )
+        return image_processor_like_run(data, config), None, "image processor matching the run's transform"
+    if target.endswith(("TextClassificationDataModule", "CausalLMDataModule")):
+        name = data.get("tokenizer")
+        if name == "char":
+            import hydra
+
+            module = hydra.utils.instantiate(data)
+            module.setup("validate")  # the char vocabulary is that of the run's text
+            chars = module.tokenizer.chars
+            return char_tokenizer_fast(chars), chars, "character tokenizer"
+        if name:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(name), None, f"tokenizer {name}"
+    return None, None, "no tokenizer or image processor (the run had none)"
+
+
+def export_subnet(
+    ckpt: str | Path,
+    subnet: str,
+    out: str | Path,
+    dtype: str = "fp32",
+    force: bool = False,
+    rgb: bool = False,
+) -> dict[str, Any]:
+    """Write `subnet` of `ckpt` to the folder `out` (all or nothing: built in a temp folder, then renamed)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    import sortednet as sn
+    from sortednet.spec import NestingSpace, Subnet
+
+    hf_logging.disable_progress_bar()
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r} is unknown; allowed: bf16, fp16, fp32")
+    path, meta = open_checkpoint(ckpt)
+    out = check_out_dir(out, force)
+    subnet_obj = Subnet.parse(subnet)
+    model = sn.load_submodel(path, subnet_obj)  # checks the subnet against the space and the family
+    # the space's own spelling (an absolute size given for a fraction stays as given)
+    with contextlib.suppress(ValueError):
+        subnet_obj = NestingSpace.from_dict(meta["space"]).normalize(subnet_obj)
+    if rgb:
+        grey_to_rgb(model)
+    model = model.to(getattr(torch, DTYPES[dtype]))
+    processor, chars, what = preprocessor(meta, model.config)
+    params = sum(p.numel() for p in model.parameters())
+    row = next((r for r in meta.get("eval_table") or [] if Subnet.parse(r["subnet"]) == subnet_obj), None)
+    info = {
+        "source": str(path.resolve()),
+        "subnet": str(subnet_obj),
+        "params": params,
+        "dtype": DTYPES[dtype],
+        "model_class": type(model).__name__,
+        "preprocessor": what,
+        "rgb_from_grey": rgb,
+        "evaluation": row,
+        "global_step": meta.get("global_step"),
+        "channels": getattr(model.config, "num_channels", None),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the folder is an ordinary output
+    try:
+        model.save_pretrained(tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        if chars is not None:  # sortednet's own CharTokenizer JSON too (CharTokenizer.load reads it)
+            (tmp / "char_tokenizer.json").write_text(
+                json.dumps({"chars": chars}, ensure_ascii=False), "utf-8"
+            )
+        (tmp / "sortednet.json").write_text(json.dumps(info, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    info["files"] = sorted(p.name for p in out.iterdir())
+    return info
+
+
+def report(info: Mapping[str, Any], out: str | Path) -> None:
+    from ..report import human
+
+    print(
+        f"exported {info['subnet']} ({human(info['params'])} params, {info['dtype']}, {info['model_class']}) "
+        f"-> {out}/"
+    )
+    print(f"  {', '.join(info['files'])}")
+    print(f"  {info['preprocessor']}")
+    if (
+        "preprocessor_config.json" in info["files"]
+        and not info["rgb_from_grey"]
+        and info.get("channels") == 1
+    ):
+        print(
+            '  1-channel model: call the image processor and the model on grey ("L") images; '
+            "pipeline() converts images to RGB, so for pipeline() export with --rgb"
+        )
+    if "char_tokenizer.json" in info["files"]:
+        print(
+            "  char_tokenizer.json: sortednet's CharTokenizer vocabulary (CharTokenizer.load); "
+            "tokenizer.json is the same vocabulary as a transformers tokenizer (AutoTokenizer, pipeline())"
+        )
+
+
+@command(PROG)
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = Parser(
+        prog=PROG, description="Export one sub-model of a checkpoint as a plain transformers folder."
+    )
+    parser.add_argument("ckpt", help="a sortednet .safetensors checkpoint or a run folder")
+    parser.add_argument(
+        "--subnet", required=True, help="e.g. depth=4,ffn=0.5 (dimensions not given: full size)"
+    )
+    parser.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="default: fp32")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument(
+        "--rgb",
+        action="store_true",
+        help="1-channel image models: take RGB input (grey weights / 3 per channel), for pipeline(), which "
+        "converts every image to RGB",
+    )
+    args = parser.parse_args(argv)
+    report(export_subnet(args.ckpt, args.subnet, args.out, args.dtype, args.force, args.rgb), args.out)
+
+
+if __name__ == "__main__":
+    main()

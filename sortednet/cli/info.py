@@ -1,0 +1,121 @@
+"""sortednet-info: what a one-file checkpoint holds, read from its header (no weights are loaded).
+
+sortednet-info runs/digits_vit/<time>          # a run folder or a .safetensors file
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .tools import Parser, command, open_checkpoint
+
+PROG = "sortednet-info"
+
+
+def bound_space(meta: Mapping[str, Any]) -> Any:
+    """The checkpoint's nesting space bound to its model, built with parameters on the meta device (exact
+    parameter counts, no weights read)."""
+    from .. import hf
+    from ..nest import nest
+    from ..spec import NestingSpace
+
+    model = hf.empty_model(hf.model_class(meta["model_class"]), hf.config_from_dict(meta["config"]))
+    return nest(model, NestingSpace.from_dict(meta["space"]))
+
+
+def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(cfg, Mapping) or key not in cfg:
+            return None
+        cfg = cfg[key]
+    return cfg
+
+
+def training_summary(cfg: Mapping[str, Any], meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    data = cfg.get("data") or {}
+    dataset = data.get("dataset") or data.get("data_files")
+    sampler = cfg.get("sampler") or {}
+    lines = [
+        ("run", f"{cfg.get('name')} (seed {cfg.get('seed')})"),
+        (
+            "model",
+            f"{_get(cfg, 'model.class_name')}"
+            + (
+                f" from {_get(cfg, 'model.pretrained')}" if _get(cfg, "model.pretrained") else " from scratch"
+            ),
+        ),
+        ("data", f"{str(data.get('_target_', '')).rsplit('.', 1)[-1]} {dataset}"),
+        ("sampler", ", ".join(f"{k}={v}" for k, v in sampler.items())),
+        ("steps", f"{meta.get('global_step')} of trainer.max_steps={_get(cfg, 'trainer.max_steps')}"),
+        ("optim", f"lr={_get(cfg, 'optim.lr')} schedule={_get(cfg, 'optim.schedule')}"),
+    ]
+    if _get(cfg, "train.distill.enabled"):
+        lines.append(
+            (
+                "distill",
+                f"in-place, T={_get(cfg, 'train.distill.temperature')} "
+                f"alpha={_get(cfg, 'train.distill.alpha')}",
+            )
+        )
+    return lines
+
+
+@command(PROG)
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = Parser(prog=PROG, description="What a sortednet checkpoint holds (read from its header).")
+    parser.add_argument("ckpt", help="a sortednet .safetensors checkpoint or a run folder")
+    args = parser.parse_args(argv)
+    path, meta = open_checkpoint(args.ckpt)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..evaluate import headline_metric
+    from ..report import human, pareto_front, print_table
+
+    nested = bound_space(meta)
+    space, costs = nested.space, nested.space.costs()
+    config = meta["config"]
+    console = Console()
+    console = Console(width=max(console.width, 120))  # a pipe gets 80 columns otherwise
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row(
+        "file", f"{path} ({path.stat().st_size / 2**20:.2f} MiB, sortednet format v{meta['version']})"
+    )
+    sizes = ", ".join(f"{d}={v}" for d, v in nested.full.items())
+    grid.add_row("base model", f"{meta['model_class']} ({config.get('model_type')}): {sizes}")
+    dims = "  ".join(f"{d}={list(v)}" for d, v in space.values.items())
+    grid.add_row("nesting space", f"{dims}  ->  {len(space)} sub-models")
+    grid.add_row("smallest", f"{space.subnets()[0]}  ({human(costs[0])} params)")
+    grid.add_row("largest", f"{space.subnets()[-1]}  ({human(costs[-1])} params)")
+    for key, value in (
+        training_summary(meta.get("train_config") or {}, meta) if meta.get("train_config") else []
+    ):
+        grid.add_row(key, value)
+    if not meta.get("train_config"):
+        grid.add_row(
+            "training", "no train_config in the metadata (saved with NestedModel.save, not sortednet-train)"
+        )
+    rows = meta.get("eval_table") or []
+    info = meta.get("eval_info") or {}
+    if info:
+        grid.add_row("evaluation", f"{info.get('time')} on {info.get('device')} ({info.get('device_name')})")
+    console.print(grid)
+    if rows:
+        metric, higher = headline_metric(rows)
+        front = [str(rows[i]["subnet"]) for i in pareto_front(rows, "params", metric, higher)]
+        print_table(
+            rows,
+            title=f"evaluation table ({len(rows)} sub-models; green: Pareto frontier)",
+            metric=metric,
+            highlight=front,
+        )
+    else:
+        console.print(f"no evaluation table; run: sortednet-eval ckpt={args.ckpt}")
+
+
+if __name__ == "__main__":
+    main()
