@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install train test test-all bench lint clean
+.PHONY: help install train test test-fast eval bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ test: $(STAMP)  ## the test suite (slow tests included)
 
 test-fast: $(STAMP)  ## the test suite without slow tests
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m pytest -q -m "not slow"
+
+eval: $(STAMP)  ## evaluate every sub-model of a run: make eval CKPT=runs/digits_vit/<time>
+	HF_HUB_OFFLINE=1 $(VENV)/bin/sortednet-eval ckpt=$(CKPT)
 
 bench: $(STAMP)  ## benchmarks: ratios measured side by side
 	HF_HUB_OFFLINE=1 $(PY) -m bench.run_all
