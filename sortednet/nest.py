@@ -293,6 +293,6 @@ def build_submodel(
         out = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=axis)
         if tuple(out.shape) != shape:
             raise ValueError(f"{key}: slice has shape {tuple(out.shape)}, the sub-model expects {shape}")
-        return out
+        return out.contiguous()  # an in-dim slice of a file view is strided; save_pretrained needs contiguous
 
     return hf.fill_model(small, read)

@@ -36,6 +36,8 @@ def test_save_load_and_load_submodel(name, tmp_path):
     assert all(torch.equal(small.state_dict()[k], v) for k, v in want.state_dict().items())
     with torch.no_grad():
         assert torch.equal(output(small, batch), output(want, batch))
+    assert all(p.is_contiguous() for p in small.parameters())
+    small.save_pretrained(tmp_path / "small")
 
 
 def test_tied_weights_are_written_once(tmp_path):
