@@ -137,16 +137,22 @@ def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
 
 def finish(cfg: DictConfig, trainer: L.Trainer, data, module, run_dir: Path) -> list[dict[str, Any]]:
     """Evaluate every subnet (rank 0), print the table, and save the final checkpoints with the table."""
+    from ..checkpoint import load
     from ..evaluate import evaluate_subnets
     from ..report import print_table, write_table
     from ..train.callbacks import one_file_path
     from ..train.eval_callback import log_final
+    from ..train.fsdp import is_sharded_model, save_one_file
 
     last = run_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(last, weights_only=False)
+    nested = module.nested
+    if is_sharded_model(nested):  # FSDP: every rank gathers the shards into the file, rank 0 evaluates that
+        save_one_file(nested, one_file_path(last), {"global_step": trainer.global_step})
+        if trainer.is_global_zero:
+            nested = load(one_file_path(last)).to(module.device)
     if not trainer.is_global_zero:
         return []
-    nested = module.nested
     rows: list[dict[str, Any]] = []
     if cfg.eval_table.enabled:
         subnets = (

@@ -29,11 +29,12 @@ class NestedCheckpoint(ModelCheckpoint):
         self.run_config = dict(run_config or {})
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        from .fsdp import save_one_file
+
         super()._save_checkpoint(trainer, filepath)
-        if trainer.is_global_zero:
-            module = trainer.lightning_module
-            metadata = {"train_config": self.run_config, "global_step": trainer.global_step}
-            module.nested.save(one_file_path(filepath), metadata=metadata)
+        metadata = {"train_config": self.run_config, "global_step": trainer.global_step}
+        # every rank: under FSDP the shards are gathered; rank 0 writes
+        save_one_file(trainer.lightning_module.nested, one_file_path(filepath), metadata)
         trainer.strategy.barrier()
 
     def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,10 +20,13 @@ from torch.optim.lr_scheduler import LambdaLR
 from ..nest import NestedModel
 from ..sampling import Sampler
 from ..spec import Subnet
-from .distributed import allreduce_gradients, world_size
+from .distributed import allreduce_gradients, needs_allreduce, reducer_off, world_size
+from .fsdp import configure_sharding
 from .tasks import Task
 
 SCHEDULES = ("cosine", "linear", "constant")
+# validation metrics are summed over ranks (strategy.reduce) before they are logged, so sync_dist is not needed
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
 
 
 def default_val_subnets(nested: NestedModel) -> list[Subnet]:
@@ -88,6 +92,7 @@ class SortedNetModule(L.LightningModule):
         self.val_subnets = [space.normalize(s) for s in (val_subnets or default_val_subnets(nested))]
         self.subnet_weights = {str(space.normalize(k)): float(v) for k, v in (subnet_weights or {}).items()}
         self.micro = 0  # micro-batches done in the current optimizer step
+        self._step_loss: torch.Tensor | float = 0.0  # mean loss of the current optimizer step so far
         self._step_started = time.perf_counter()
         self._val_sums: dict[Subnet, torch.Tensor] = {}
 
@@ -114,12 +119,15 @@ class SortedNetModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    def on_train_start(self) -> None:
-        ddp = self.trainer.strategy.model
-        if hasattr(ddp, "require_backward_grad_sync"):
-            # We reduce gradients ourselves once per optimizer step; DDP's reducer would sync after every
-            # backward and trip over layers that a depth subnet skips.
-            ddp.require_backward_grad_sync = False
+    def configure_model(self) -> None:
+        """Under strategy="fsdp2_nested" (any ModelParallelStrategy): FSDP2, one unit per layer (fsdp.py)."""
+        configure_sharding(self)
+
+    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Every backward (the step's and any callback's) runs with DDP's reducer off: gradients are
+        all-reduced once per optimizer step in `_optimizer_step` (see distributed.py)."""
+        with reducer_off(self.trainer.strategy.model):
+            super().manual_backward(loss, *args, **kwargs)
 
     def _weights(self, subnets: Sequence[Subnet]) -> list[float]:
         weights = [self.subnet_weights.get(str(s), 1.0) for s in subnets]
@@ -154,7 +162,9 @@ class SortedNetModule(L.LightningModule):
                 self.manual_backward(objective * weight / self.accumulate)
             total += weight * loss.detach()
             self.log(f"train/loss/{subnet}", loss.detach(), on_step=True, on_epoch=False)
+        # this rank's loss on this micro-batch; train/step_loss (once per step) is the mean over all ranks
         self.log("train/loss", total, on_step=True, on_epoch=False, prog_bar=True)
+        self._step_loss = total / self.accumulate + (self._step_loss if self.micro else 0.0)
         self.micro += 1
         if self.micro == self.accumulate:
             self._optimizer_step(batch_size=labels.shape[0])
@@ -162,7 +172,10 @@ class SortedNetModule(L.LightningModule):
 
     def _optimizer_step(self, batch_size: int) -> None:
         optimizer, schedule = self.optimizers(), self.lr_schedulers()
-        allreduce_gradients(self.nested.parameters())
+        step_loss = torch.as_tensor(self._step_loss, dtype=torch.float32, device=self.device).reshape(1)
+        # DDP: one all-reduce per step (sharded strategies, FSDP, reduce-scatter in each backward themselves)
+        if needs_allreduce(self.trainer.strategy.model):
+            allreduce_gradients(self.nested.parameters(), extra=step_loss)
         if self.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         optimizer.step()
@@ -175,6 +188,7 @@ class SortedNetModule(L.LightningModule):
             "train/samples_per_s", samples / max(now - self._step_started, 1e-9), on_step=True, on_epoch=False
         )
         self.log("train/lr", schedule.get_last_lr()[0], on_step=True, on_epoch=False)
+        self.log("train/step_loss", step_loss[0], on_step=True, on_epoch=False)
         self._step_started = now
 
     # ---- validation ---------------------------------------------------------------------------
