@@ -8,6 +8,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -30,6 +31,7 @@ class Result:
     target: float
     unit: str = "x"  # "x": a ratio; otherwise the unit printed after the value
     detail: str = ""
+    busy: bool = False  # another process took our cores while this was timed: the number is unreliable
 
     @property
     def passed(self) -> bool:
@@ -37,7 +39,7 @@ class Result:
 
     @property
     def status(self) -> str:
-        return "PASS" if self.passed else "MISS"
+        return ("PASS" if self.passed else "MISS") + (" (busy)" if self.busy else "")
 
     def measured(self) -> str:
         return f"{self.value:.3f}" if self.unit == "x" else f"{self.value:.3g} {self.unit}"
@@ -54,49 +56,99 @@ def median(xs) -> float:
     return statistics.median(list(xs))
 
 
+BUSY = 0.75  # CPU seconds / (wall seconds x threads) below this: another process took our cores
+
+
+class Call(NamedTuple):
+    """One timed call: wall-clock and process CPU seconds."""
+
+    wall: float
+    cpu: float
+
+    @property
+    def utilisation(self) -> float:
+        """About 1 on an idle machine (both threads busy), low when other processes take the cores."""
+        return self.cpu / (self.wall * THREADS)
+
+
 @dataclass
 class Paired:
-    a: list[float]
-    b: list[float]
+    """Calls of A and B timed back to back; pairs in which either call was starved of CPU are left out."""
+
+    pairs: list[tuple[Call, Call]]
+    dropped: int = 0  # pairs timed while the machine was busy, left out
+
+    @property
+    def a(self) -> list[float]:
+        return [x.wall for x, _ in self.pairs]
+
+    @property
+    def b(self) -> list[float]:
+        return [y.wall for _, y in self.pairs]
 
     @property
     def ratio(self) -> float:
-        """Median of the per-pair ratios a/b (each pair measured back to back)."""
-        return median(x / y for x, y in zip(self.a, self.b, strict=True))
+        """Median of the per-pair wall-clock ratios a/b."""
+        return median(a.wall / b.wall for a, b in self.pairs)
+
+    @property
+    def cpu_ratio(self) -> float:
+        return median(a.cpu / b.cpu for a, b in self.pairs)
+
+    @property
+    def utilisation(self) -> float:
+        return median(min(a.utilisation, b.utilisation) for a, b in self.pairs)
+
+    @property
+    def busy(self) -> bool:
+        return self.utilisation < BUSY
 
     def describe(self, a: str, b: str) -> str:
         ma, mb = median(self.a), median(self.b)
+        busy = " (machine busy: timings unreliable)" if self.busy else ""
         return (
-            f"{a} {ma * 1e3:.1f} ms, {b} {mb * 1e3:.1f} ms (median of {len(self.a)}; "
-            f"ratio of medians {ma / mb:.3f})"
+            f"{a} {ma * 1e3:.1f} ms, {b} {mb * 1e3:.1f} ms (median of {len(self.pairs)} pairs, {self.dropped} "
+            f"busy pairs left out; ratio of medians {ma / mb:.3f}; CPU-time ratio {self.cpu_ratio:.3f}; "
+            f"CPU utilisation {self.utilisation:.0%}{busy})"
         )
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+def timed(fn: Callable[[], object]) -> Call:
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - start
+    return Call(time.perf_counter() - wall, time.process_time() - cpu)
 
 
 def interleaved(fa: Callable[[], object], fb: Callable[[], object], repeats: int, warmup: int) -> Paired:
-    """Time `fa` and `fb` alternately (A B B A A B ...), so drift and order effects cancel in the pairs."""
+    """Time `fa` and `fb` alternately (A B B A A B ...), so drift and order effects cancel in the pairs.
+
+    A pair in which either call ran with CPU utilisation under BUSY (another process on our cores) is
+    timed again, up to `repeats` extra pairs; if too few clean pairs remain, every pair is kept and the
+    result is marked busy.
+    """
     for _ in range(warmup):
         fa()
         fb()
     gc.collect()
     gc.disable()
+    clean, timed_pairs = [], []
     try:
-        a, b = [], []
-        for i in range(repeats):
+        for i in range(2 * repeats):
+            if len(clean) >= repeats or (i >= repeats and len(clean) < repeats // 4):
+                break  # enough clean pairs, or the machine stays busy: stop early
             if i % 2 == 0:
-                a.append(timed(fa))
-                b.append(timed(fb))
+                pair = timed(fa), timed(fb)
             else:
-                b.append(timed(fb))
-                a.append(timed(fa))
+                pb = timed(fb)
+                pair = timed(fa), pb
+            timed_pairs.append(pair)
+            if min(pair[0].utilisation, pair[1].utilisation) >= BUSY:
+                clean.append(pair)
     finally:
         gc.enable()
-    return Paired(a, b)
+    if len(clean) >= max(3, repeats // 2):
+        return Paired(clean, dropped=len(timed_pairs) - len(clean))
+    return Paired(timed_pairs)
 
 
 # ---- models ---------------------------------------------------------------------------------------
@@ -169,37 +221,3 @@ def train_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Callab
 
     step.optimizer = opt  # type: ignore[attr-defined]
     return step
-
-
-def phase_times(model: torch.nn.Module, opt: torch.optim.Optimizer, batch, repeats: int) -> dict[str, float]:
-    """Median seconds of forward, backward and optimizer step (for explaining a miss)."""
-    phases: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        loss = model(**batch).loss
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        t3 = time.perf_counter()
-        for name, t in zip(phases, (t1 - t0, t2 - t1, t3 - t2), strict=True):
-            phases[name].append(t)
-    return {k: median(v) for k, v in phases.items()}
-
-
-def top_ops(fn: Callable[[], object], runs: int = 2) -> dict[str, float]:
-    """Self CPU milliseconds per aten op over `runs` calls (the profiler's own warm-up call is dropped)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(runs):
-            fn()
-    return {e.key: e.self_cpu_time_total / 1e3 / runs for e in prof.key_averages()}
-
-
-def ops_diff(a: dict[str, float], b: dict[str, float], n: int = 6) -> str:
-    """The ops on which side A spends the most extra self time than side B."""
-    extra = sorted(((a.get(k, 0.0) - b.get(k, 0.0), k) for k in set(a) | set(b)), reverse=True)[:n]
-    return ", ".join(f"{k} {a.get(k, 0):.0f} vs {b.get(k, 0):.0f} ms" for _, k in extra)

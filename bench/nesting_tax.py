@@ -11,19 +11,8 @@ import transformers as T
 
 import sortednet as sn
 
-from .common import (
-    Result,
-    bert_config,
-    build,
-    interleaved,
-    llama_config,
-    ops_diff,
-    phase_times,
-    shape_text,
-    text_batch,
-    top_ops,
-    train_step,
-)
+from .common import Result, bert_config, build, interleaved, llama_config, shape_text, text_batch, train_step
+from .diagnose import explain_train_step
 
 TARGET = 1.03
 
@@ -36,7 +25,7 @@ def _case(
     nested.activate(nested.space.largest)
     batch = text_batch(config, *batch_shape, labels=labels)
     step_nested, step_plain = train_step(nested, batch), train_step(plain, batch)
-    repeats, warmup = (4, 1) if quick else (12, 2)
+    repeats, warmup = (4, 1) if quick else (16, 2)
     paired = interleaved(step_nested, step_plain, repeats, warmup)
     detail = paired.describe("nested", "plain")
     result = Result(
@@ -44,13 +33,12 @@ def _case(
         paired.ratio,
         TARGET,
         detail=detail,
+        busy=paired.busy,
     )
     if not result.passed:
-        pn = phase_times(nested, step_nested.optimizer, batch, 3)
-        pp = phase_times(plain, step_plain.optimizer, batch, 3)
-        phases = ", ".join(f"{k} {pn[k] * 1e3:.0f} vs {pp[k] * 1e3:.0f} ms" for k in pn)
-        result.detail += f"\n     phases nested vs plain: {phases}"
-        result.detail += f"\n     most extra self time: {ops_diff(top_ops(step_nested), top_ops(step_plain))}"
+        result.detail += explain_train_step(
+            nested, step_nested, plain, step_plain, batch, ("nested", "plain")
+        )
     return result
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-from .common import THREADS, Result, setup
+from .common import BUSY, THREADS, Result, setup
 
 BENCHMARKS = {
     "nesting_tax": "1. nesting tax (full-size nested train step / un-nested)",
@@ -25,6 +26,8 @@ BENCHMARKS = {
     "enumeration": "5. space enumeration and sampling",
     "checkpoint_size": "6. one-file checkpoint size / save_pretrained",
     "submodel_memory": "7. load_submodel peak memory / subnet weights",
+    "rank": "8. rank-r subnet forward / two-layer model; params and latency across ranks",
+    "bench_ddp": "9. data parallel: nested DDP step / plain Lightning DDP (2 processes)",
 }
 OUT = Path(__file__).parent / "out" / "results.md"
 
@@ -50,6 +53,11 @@ def markdown(results: list[Result], header: str) -> str:
         "|---|---|---|---|",
     ]
     lines += [f"| {' | '.join(row)} |" for row in table(results)]
+    if any(r.busy for r in results):
+        lines += [
+            "",
+            f"(busy): CPU utilisation under {BUSY:.0%} while timed: other processes took the cores.",
+        ]
     lines += ["", "## Details", ""]
     lines += [
         f"- **{r.benchmark}**: {r.detail.replace(chr(10) + '     ', '; ')}" for r in results if r.detail
@@ -79,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"sortednet benchmarks: {header}\n", flush=True)
     results: list[Result] = []
-    start = time.perf_counter()
+    start, load_start = time.perf_counter(), os.getloadavg()[0]
     for name, title in BENCHMARKS.items():
         if args.only and name not in args.only:
             continue
@@ -91,11 +99,17 @@ def main(argv: list[str] | None = None) -> int:
             results.append(result)
         print(f"  ({time.perf_counter() - t0:.0f} s)\n", flush=True)
 
-    print(f"summary ({time.perf_counter() - start:.0f} s in all)")
+    load = f"1-min load average at start {load_start:.2f}, at end {os.getloadavg()[0]:.2f}"
+    header += f"; {load}"
+    print(f"summary ({time.perf_counter() - start:.0f} s in all; {load})")
     print_table(table(results))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(markdown(results, header))
     print(f"written to {OUT.relative_to(Path.cwd()) if OUT.is_relative_to(Path.cwd()) else OUT}")
+    if any(r.busy for r in results):
+        print(
+            f"(busy): CPU utilisation under {BUSY:.0%} while timed: other processes took the cores; rerun when idle"
+        )
     misses = [r for r in results if not r.passed]
     print(
         f"{len(results) - len(misses)} of {len(results)} PASS" + (f", {len(misses)} MISS" if misses else "")

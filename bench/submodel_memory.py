@@ -137,7 +137,7 @@ def run(quick: bool) -> list:
     )
     return [
         Result(
-            "load_submodel(smallest) + first read, peak RSS / subnet weight bytes, BERT-base",
+            f"load_submodel(smallest) + first read, peak RSS / subnet weight bytes, BertModel {full / 1e6:.0f}M",
             peak / r["weight_bytes"],
             TARGET,
             detail=detail,

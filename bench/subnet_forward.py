@@ -10,17 +10,8 @@ import transformers as T
 
 import sortednet as sn
 
-from .common import (
-    Result,
-    bert_config,
-    build,
-    interleaved,
-    llama_config,
-    ops_diff,
-    shape_text,
-    text_batch,
-    top_ops,
-)
+from .common import Result, bert_config, build, interleaved, llama_config, shape_text, text_batch
+from .diagnose import ops_diff, top_ops
 
 TARGET = 1.05
 
@@ -48,6 +39,7 @@ def _case(
         paired.ratio,
         TARGET,
         detail=f"full model {shape_text(config, batch_shape)}; " + paired.describe("nested", "extracted"),
+        busy=paired.busy,
     )
     if not result.passed:
         result.detail += (

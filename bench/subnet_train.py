@@ -13,19 +13,8 @@ import transformers as T
 
 import sortednet as sn
 
-from .common import (
-    Result,
-    bert_config,
-    build,
-    interleaved,
-    llama_config,
-    ops_diff,
-    phase_times,
-    shape_text,
-    text_batch,
-    top_ops,
-    train_step,
-)
+from .common import Result, bert_config, build, interleaved, llama_config, shape_text, text_batch, train_step
+from .diagnose import explain_train_step
 
 TARGET = 1.10
 
@@ -56,17 +45,17 @@ def _case(
         f"full model {shape_text(config, batch_shape)}; subnet {subnet} = dense {shape}; "
         + paired.describe("nested", "dense")
     )
-    result = Result(f"subnet train step / dense, {name}", paired.ratio, TARGET, detail=detail)
+    result = Result(
+        f"subnet train step / dense, {name}", paired.ratio, TARGET, detail=detail, busy=paired.busy
+    )
     if not result.passed:
-        pn = phase_times(nested, step_nested.optimizer, batch, 5)
-        pd = phase_times(dense, step_dense.optimizer, batch, 5)
-        phases = ", ".join(f"{k} {pn[k] * 1e3:.0f} vs {pd[k] * 1e3:.0f} ms" for k in pn)
+        result.detail += explain_train_step(
+            nested, step_nested, dense, step_dense, batch, ("nested", "dense"), 5
+        )
         gn, gd = grad_elements(nested, batch), grad_elements(dense, batch)
         result.detail += (
-            f"\n     phases nested vs dense: {phases}"
             f"\n     elements with a gradient (AdamW updates them): nested {gn / 1e6:.1f}M vs dense {gd / 1e6:.1f}M"
-            f" (subnet has {nested.num_params(subnet) / 1e6:.1f}M parameters)"
-            f"\n     most extra self time: {ops_diff(top_ops(step_nested), top_ops(step_dense))}"
+            f" (the subnet has {nested.num_params(subnet) / 1e6:.1f}M parameters)"
         )
     return result
 
