@@ -27,7 +27,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
-import transformers as T  # noqa: E402
+from tiny import digits_vit as tiny_vit  # noqa: E402
 from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
@@ -44,23 +44,6 @@ from sortednet.train.fsdp import (  # noqa: E402
 )
 
 SPACE = sn.NestingSpace(depth=[1, 2, 3], ffn=[0.25, 1.0], heads=[2, 4])
-
-
-def tiny_vit(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    config = T.ViTConfig(
-        image_size=8,
-        patch_size=2,
-        num_channels=1,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=10,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return T.ViTForImageClassification(config)
 
 
 def to_double(module, args, kwargs):

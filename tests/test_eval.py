@@ -11,9 +11,9 @@ import sys
 
 import pytest
 import torch
-import transformers as T
 from hydra import compose, initialize_config_dir
 from safetensors import safe_open
+from tiny import digits_vit
 from torch.utils.flop_counter import FlopCounterMode
 
 import sortednet as sn
@@ -38,22 +38,13 @@ DIGITS = {
     "val_fraction": 0.2,
     "seed": 0,
 }
-SPACE = {"depth": [2, 4], "heads": [2, 4], "ffn": [0.5, 1.0]}
 
 
 def tiny_vit() -> torch.nn.Module:
-    torch.manual_seed(0)
-    config = T.ViTConfig(
-        image_size=8,
-        patch_size=2,
-        num_channels=1,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=48,
-        num_labels=10,
-    )
-    return T.ViTForImageClassification(config).eval()
+    return digits_vit(layers=4, ffn=48).eval()
+
+
+SPACE = {"depth": [2, 4], "heads": [2, 4], "ffn": [0.5, 1.0]}
 
 
 def make_checkpoint(path, with_table: bool = False, data: dict | None = DIGITS) -> sn.NestedModel:

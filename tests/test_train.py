@@ -5,7 +5,7 @@ import copy
 import lightning as L
 import pytest
 import torch
-import transformers as T
+from tiny import digits_vit as tiny_vit
 
 import sortednet as sn
 from sortednet.data import ImageClassificationDataModule
@@ -14,23 +14,6 @@ from sortednet.train import Classification, SortedNetModule
 from sortednet.train.callbacks import NestedCheckpoint
 
 SPACE = sn.NestingSpace(depth=[1, 2, 3], ffn=[0.25, 1.0], heads=[2, 4])
-
-
-def tiny_vit(seed=0):
-    torch.manual_seed(seed)
-    config = T.ViTConfig(
-        image_size=8,
-        patch_size=2,
-        num_channels=1,
-        hidden_size=32,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=64,
-        num_labels=10,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    return T.ViTForImageClassification(config)
 
 
 def digits(batch_size=16):

@@ -72,3 +72,21 @@ def inputs(name: str, batch: int = 2, seq: int = 9, seed: int = 1) -> dict[str, 
 def output(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     out = model(**batch)
     return out.logits if hasattr(out, "logits") and out.logits is not None else out.last_hidden_state
+
+
+def digits_vit(layers: int = 3, ffn: int = 64, seed: int = 0) -> T.ViTForImageClassification:
+    """A tiny ViT for scikit-learn's 8x8 digits (10 classes), dropout off."""
+    torch.manual_seed(seed)
+    config = T.ViTConfig(
+        image_size=8,
+        patch_size=2,
+        num_channels=1,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=ffn,
+        num_labels=10,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return T.ViTForImageClassification(config)
