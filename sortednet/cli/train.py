@@ -25,6 +25,7 @@ from ..nest import nest
 from ..sampling import make_sampler
 from ..spec import NestingSpace
 from ..train.models import offline_model_path
+from ..train.module import check_distill
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 OmegaConf.register_new_resolver("offline_model", offline_model_path, replace=True)
@@ -44,11 +45,7 @@ def check_config(cfg: DictConfig) -> NestingSpace:
             space.normalize(subnet)
         except ValueError as err:
             raise ValueError(f"val.subnets: {err}") from None
-    if cfg.train.distill.enabled and not sampler.guarantees_largest:
-        raise ValueError(
-            f"train.distill.enabled=true needs the largest subnet in every step, which sampler={sampler.name!r} "
-            "cannot guarantee; use sampler=sandwich or sampler=all"
-        )
+    check_distill(bool(cfg.train.distill.enabled), sampler)
     if "rank" in space.dims:
         from ..train.maestro import MaestroCallback
 

@@ -29,6 +29,14 @@ SCHEDULES = ("cosine", "linear", "constant")
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
 
 
+def check_distill(enabled: bool, sampler: Sampler) -> None:
+    if enabled and not sampler.guarantees_largest:
+        raise ValueError(
+            f"train.distill.enabled=true needs the largest subnet in every step, which sampler={sampler.name!r} "
+            "cannot guarantee; use sampler=sandwich or sampler=all"
+        )
+
+
 def default_val_subnets(nested: NestedModel) -> list[Subnet]:
     ordered = nested.space.subnets()
     picks = [ordered[0], ordered[len(ordered) // 2], ordered[-1]]
@@ -83,11 +91,7 @@ class SortedNetModule(L.LightningModule):
             raise ValueError(f"train.accumulate={accumulate} is below 1; allowed: an int >= 1")
         self.accumulate, self.grad_clip, self.seed = int(accumulate), grad_clip, int(seed)
         self.distill = dict(distill or {})
-        if self.distill.get("enabled") and not sampler.guarantees_largest:
-            raise ValueError(
-                f"train.distill.enabled=true needs the largest subnet in every step, which sampler={sampler.name!r} "
-                "cannot guarantee; use sampler=sandwich or sampler=all"
-            )
+        check_distill(bool(self.distill.get("enabled")), sampler)
         space = nested.space
         self.val_subnets = [space.normalize(s) for s in (val_subnets or default_val_subnets(nested))]
         self.subnet_weights = {str(space.normalize(k)): float(v) for k, v in (subnet_weights or {}).items()}
