@@ -111,5 +111,7 @@ def test_recipe_composes_and_trains_two_steps(name, tmp_path):
     assert [r["subnet"] for r in meta["eval_table"]] == [r["subnet"] for r in rows]
     assert (run_dir / "table.csv").is_file() and (run_dir / "table.md").is_file()
     nested = sn.load(path)
+    if cfg.data.get("tokenizer") == "char":  # export needs the run's vocabulary: it travels in the file
+        assert len(meta["char_vocab"]) == nested.model.config.vocab_size
     assert len(rows) == min(len(nested.space), 64)
     assert rows[0]["params"] <= rows[-1]["params"]

@@ -106,7 +106,10 @@ def _preprocessor(meta: Mapping[str, Any], config: Any) -> tuple[Any, str | None
         return image_processor_like_run(data, config), None, "image processor matching the run's transform"
     if target.endswith(("TextClassificationDataModule", "CausalLMDataModule")):
         name = data.get("tokenizer")
-        if name == "char":
+        if name == "char" and meta.get("char_vocab"):  # stored by training since the vocabulary is the run's
+            chars = meta["char_vocab"]
+            return char_tokenizer_fast(chars), chars, "character tokenizer"
+        if name == "char":  # checkpoints written before the vocabulary was stored: rebuild it from the data
             import hydra
 
             module = hydra.utils.instantiate(data)

@@ -137,7 +137,7 @@ def finish(cfg: DictConfig, trainer: L.Trainer, data, module, run_dir: Path) -> 
     from ..checkpoint import load
     from ..evaluate import evaluate_subnets
     from ..report import print_table, write_table
-    from ..train.callbacks import one_file_path
+    from ..train.callbacks import data_metadata, one_file_path
     from ..train.eval_callback import log_final
     from ..train.fsdp import is_sharded_model, save_one_file
 
@@ -165,6 +165,7 @@ def finish(cfg: DictConfig, trainer: L.Trainer, data, module, run_dir: Path) -> 
         "train_config": OmegaConf.to_container(cfg, resolve=True),
         "global_step": trainer.global_step,
         "eval_table": rows,
+        **data_metadata(data),
     }
     nested.save(one_file_path(last), metadata=metadata)
     log_final(trainer, rows, run_dir, one_file_path(last), {"global_step": trainer.global_step})

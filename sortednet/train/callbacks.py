@@ -16,6 +16,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
+def data_metadata(datamodule: object) -> dict[str, str]:
+    """What the one-file checkpoint must carry of the data for export: a character tokenizer's vocabulary."""
+    chars = getattr(getattr(datamodule, "tokenizer", None), "chars", None)
+    return {"char_vocab": chars} if isinstance(chars, str) else {}
+
+
 def one_file_path(ckpt_path: str | os.PathLike) -> Path:
     return Path(ckpt_path).with_suffix(".safetensors")
 
@@ -32,7 +38,11 @@ class NestedCheckpoint(ModelCheckpoint):
         from .fsdp import save_one_file
 
         super()._save_checkpoint(trainer, filepath)
-        metadata = {"train_config": self.run_config, "global_step": trainer.global_step}
+        metadata = {
+            "train_config": self.run_config,
+            "global_step": trainer.global_step,
+            **data_metadata(trainer.datamodule),
+        }
         # every rank: under FSDP the shards are gathered; rank 0 writes
         save_one_file(trainer.lightning_module.nested, one_file_path(filepath), metadata)
         trainer.strategy.barrier()
