@@ -102,7 +102,7 @@ def test_loader_state_dict_skips_consumed_batches(num_workers):
     part.set_epoch(3)
     assert len(digests(part, n=5)) == 5
     state = part.state_dict()
-    assert state == {"epoch": 3, "batches": 5, "seed": 0}  # counts batches handed out, not prefetched ones
+    assert state == {"epoch": 3, "batches": 5, "samples": 320, "seed": 0}  # handed out, not prefetched
     resumed = dm.train_dataloader()
     resumed.load_state_dict(state)
     assert len(resumed) == len(full)
@@ -394,3 +394,22 @@ def test_resumable_loader_is_lightning_stateful():
 
     loader = digits().train_dataloader()
     assert isinstance(loader, ResumableDataLoader) and isinstance(loader, _Stateful)
+
+
+def test_resume_on_another_number_of_processes_continues_the_global_order():
+    import math
+
+    from sortednet.data.loader import ResumableSampler, epoch_order
+
+    def sampler(n_ranks, rank, skip):
+        s = ResumableSampler(list(range(100)), seed=4)
+        s.num_replicas, s.rank, s.skip = n_ranks, rank, skip
+        s.num_samples = math.ceil(100 / n_ranks)
+        s.total_size = s.num_samples * n_ranks
+        s.set_epoch(2)
+        return list(s)
+
+    consumed = [i for r in range(2) for i in sampler(2, r, 0)[:12]]  # 2 ranks x 3 batches of 4
+    rest = sampler(1, 0, skip=24)
+    assert sorted(consumed + rest) == list(range(100))
+    assert rest == epoch_order(100, 4, 2).tolist()[24:]

@@ -34,15 +34,28 @@ class ResumableSampler(DistributedSampler):
             seed=seed,
             drop_last=drop_last,
         )
-        self.start = 0
+        self.skip = 0  # samples of this epoch's global order already consumed (by all ranks together)
 
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        return iter(indices[self.start :])
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(len(self.dataset), generator=g).tolist()  # type: ignore[arg-type]
+        else:
+            order = list(range(len(self.dataset)))  # type: ignore[arg-type]
+        if self.drop_last:
+            order = order[: self.total_size]
+        else:
+            order += (order * (self.total_size // max(len(order), 1) + 1))[: self.total_size - len(order)]
+        # rank r's k-th sample is global position r + k * num_replicas (as in DistributedSampler), so the
+        # first `skip` positions are what every rank together consumed: resuming on another number of
+        # processes continues the same global order
+        return iter(order[self.skip :][self.rank :: self.num_replicas])
 
 
 class ResumableDataLoader(DataLoader):
-    """Shuffled training DataLoader with `state_dict()` = {"epoch", "batches"}: the batches handed out this epoch.
+    """Shuffled training DataLoader with `state_dict()` = {"epoch", "batches", "samples"}: the batches this rank
+    handed out this epoch, and the samples all ranks consumed together (so a resume may change the world size).
 
     After `load_state_dict`, the next iteration over the same epoch skips the batches already consumed (without
     loading them). Counting happens where batches are yielded, so worker prefetching does not inflate it.
@@ -73,7 +86,9 @@ class ResumableDataLoader(DataLoader):
         self.seed = seed
         self._epoch = 0
         self._batches = 0
+        self._samples = 0
         self._resume: dict[str, int] | None = None
+        self._resume_samples: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
@@ -84,26 +99,29 @@ class ResumableDataLoader(DataLoader):
     def _generate(self) -> Iterator[Any]:
         # a generator: the body runs at the first next(), i.e. after Lightning's set_epoch for this epoch
         sampler: ResumableSampler = self.sampler  # type: ignore[assignment]
-        skip = 0
+        skip, self._resume_samples = 0, None
         if self._resume is not None:
             if self._resume["epoch"] == sampler.epoch:
-                skip = self._resume["batches"]
+                skip, self._resume_samples = self._resume["batches"], self._resume.get("samples")
             self._resume = None
-        sampler.start = skip * self.batch_size  # type: ignore[operator]
-        self._epoch, self._batches = sampler.epoch, skip
+        per_batch = self.batch_size * sampler.num_replicas  # type: ignore[operator]
+        samples = self._resume_samples if skip and self._resume_samples is not None else skip * per_batch
+        sampler.skip = samples
+        self._epoch, self._batches, self._samples = sampler.epoch, skip, samples
         for batch in super().__iter__():
             self._batches += 1
+            self._samples += per_batch
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self._epoch, "batches": self._batches, "seed": self.seed}
+        return {"epoch": self._epoch, "batches": self._batches, "samples": self._samples, "seed": self.seed}
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         if state_dict.get("seed", self.seed) != self.seed:
             raise ValueError(
                 f"seed: the checkpoint's train dataloader used seed {state_dict['seed']}, this run uses {self.seed}"
             )
-        self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+        self._resume = {k: int(state_dict[k]) for k in ("epoch", "batches", "samples") if k in state_dict}
         # Lightning calls set_epoch itself, but only after it has created this epoch's iterator
         self.set_epoch(self._resume["epoch"])
         self._epoch, self._batches = self._resume["epoch"], self._resume["batches"]
