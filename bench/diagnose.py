@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import torch
 
-from .common import median
+from .common import BUSY, median, timed
+
+PHASES = ("forward", "backward", "optimizer")
 
 
-def phase_times(model: torch.nn.Module, opt: torch.optim.Optimizer, batch, repeats: int) -> dict[str, float]:
-    """Median seconds of forward, backward and optimizer step (for explaining a miss)."""
-    phases: dict[str, list[float]] = {"forward": [], "backward": [], "optimizer": []}
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        loss = model(**batch).loss
-        t1 = time.perf_counter()
-        loss.backward()
-        t2 = time.perf_counter()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        t3 = time.perf_counter()
-        for name, t in zip(phases, (t1 - t0, t2 - t1, t3 - t2), strict=True):
-            phases[name].append(t)
-    return {k: median(v) for k, v in phases.items()}
+def phase_times(model: torch.nn.Module, opt: torch.optim.Optimizer, batch) -> tuple[list[float], bool]:
+    """Seconds of forward, backward and optimizer step (+ zero_grad) of one train step; whether it ran clean."""
+    out = {}
+    calls = [
+        timed(lambda: out.update(loss=model(**batch).loss)),
+        timed(lambda: out["loss"].backward()),
+        timed(lambda: (opt.step(), opt.zero_grad(set_to_none=True))),
+    ]
+    return [c.wall for c in calls], all(c.utilisation >= BUSY for c in calls)
 
 
 def top_ops(fn: Callable[[], object], runs: int = 2) -> dict[str, float]:
@@ -45,13 +40,22 @@ def ops_diff(a: dict[str, float], b: dict[str, float], n: int = 6) -> str:
 
 
 def explain_train_step(
-    model_a, step_a, model_b, step_b, batch, names: tuple[str, str], repeats: int = 3
+    model_a, step_a, model_b, step_b, batch, names: tuple[str, str], repeats: int = 5
 ) -> str:
-    """Phase medians and the ops with the most extra self time, side A against side B."""
-    pa = phase_times(model_a, step_a.optimizer, batch, repeats)
-    pb = phase_times(model_b, step_b.optimizer, batch, repeats)
-    phases = ", ".join(f"{k} {pa[k] * 1e3:.0f} vs {pb[k] * 1e3:.0f} ms" for k in pa)
+    """Phase medians (A and B alternately, busy steps left out) and the ops with the most extra self time."""
+    samples: dict[int, list[list[float]]] = {0: [], 1: []}
+    for _ in range(3 * repeats):
+        if min(len(v) for v in samples.values()) >= repeats:
+            break
+        for side, (model, step) in enumerate(((model_a, step_a), (model_b, step_b))):
+            times, clean = phase_times(model, step.optimizer, batch)
+            if clean:
+                samples[side].append(times)
+    if not all(samples.values()):
+        return "\n     phases: every step ran on a busy machine, not measured"
+    med = {s: [median(t[i] for t in samples[s]) * 1e3 for i in range(3)] for s in samples}
+    phases = ", ".join(f"{p} {med[0][i]:.0f} vs {med[1][i]:.0f} ms" for i, p in enumerate(PHASES))
     return (
-        f"\n     phases {names[0]} vs {names[1]} (median of {repeats}): {phases}"
+        f"\n     phases {names[0]} vs {names[1]} (medians of {len(samples[0])}/{len(samples[1])}): {phases}"
         f"\n     most extra self time ({names[0]} vs {names[1]}): {ops_diff(top_ops(step_a), top_ops(step_b))}"
     )
