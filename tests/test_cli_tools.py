@@ -156,7 +156,7 @@ def test_bad_checkpoints_are_refused_in_one_line(command, case, tmp_path, capsys
         (["--subnet", "depth=3"], "subnet depth=3 is not in the nesting space; allowed: 2, 4"),
         (["--subnet", "depth=2,colour=3"], "unknown dimension 'colour'"),
         (["--subnet", "depth=2", "--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
-        (["--subnet", "depth=2", "--out", "NONEMPTY"], "exists and is not empty"),
+        (["--subnet", "depth=2", "--out", "NONEMPTY"], "is not empty and is not an earlier sortednet export"),
     ],
 )
 def test_export_refuses_bad_input_and_writes_nothing(ckpt, argv, message, tmp_path, capsys):

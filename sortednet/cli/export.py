@@ -17,7 +17,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .tools import Parser, check_out_dir, command, open_checkpoint
+from ..atomic import finish_folder, fsync_dir
+from .tools import (
+    EXPORT_RECORD,
+    Parser,
+    check_out_dir,
+    command,
+    files_under,
+    open_checkpoint,
+    refuse_nonfinite,
+)
 
 PROG = "sortednet-export"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -143,9 +152,14 @@ def export_subnet(
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r} is unknown; allowed: bf16, fp16, fp32")
     path, meta = open_checkpoint(ckpt)
-    out = check_out_dir(out, force)
+    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    out = check_out_dir(out, force, protect=[path, run / "checkpoints"])
     subnet_obj = Subnet.parse(subnet)
     model = sn.load_submodel(path, subnet_obj)  # checks the subnet against the space and the family
+    refuse_nonfinite(
+        path,
+        [*(meta.get("nonfinite") or []), *(n for n, p in model.named_parameters() if not p.isfinite().all())],
+    )
     # the space's own spelling (an absolute size given for a fraction stays as given)
     with contextlib.suppress(ValueError):
         subnet_obj = NestingSpace.from_dict(meta["space"]).normalize(subnet_obj)
@@ -169,9 +183,6 @@ def export_subnet(
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the folder is an ordinary output
     try:
         model.save_pretrained(tmp)
         if processor is not None:
@@ -180,15 +191,27 @@ def export_subnet(
             (tmp / "char_tokenizer.json").write_text(
                 json.dumps({"chars": chars}, ensure_ascii=False), "utf-8"
             )
-        (tmp / "sortednet.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        info["files"] = sorted(files_under(tmp) | {EXPORT_RECORD})
+        (tmp / EXPORT_RECORD).write_text(json.dumps(info, indent=2) + "\n")
+        finish_folder(tmp)  # mkdtemp and safetensors make private files; an export is an ordinary output
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    info["files"] = sorted(p.name for p in out.iterdir())
     return info
+
+
+def replace_folder(new: Path, out: Path) -> None:
+    """Put the finished folder `new` at `out`. An existing `out` was checked by check_out_dir (empty, or an
+    earlier export holding only its own files): it is moved aside first, so `out` is never half-written."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old.{os.getpid()}")
+        out.rename(old)
+    new.rename(out)
+    fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def report(info: Mapping[str, Any], out: str | Path) -> None:
@@ -227,7 +250,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--out", required=True, help="the folder to write (new or empty)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="default: fp32")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
+    parser.add_argument(
+        "--force", action="store_true", help="replace an earlier export in --out (never other files)"
+    )
     parser.add_argument(
         "--rgb",
         action="store_true",

@@ -13,7 +13,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .tools import Parser, Refusal, check_out_dir, command, open_checkpoint, parse_amount, parse_ms
+from .tools import (
+    Parser,
+    Refusal,
+    check_out_dir,
+    command,
+    open_checkpoint,
+    parse_amount,
+    parse_ms,
+    refuse_nonfinite,
+)
 
 PROG = "sortednet-select"
 UNITS = {"params": "params", "flops": "FLOPs", "latency_ms": "ms"}
@@ -94,6 +103,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.max_latency_ms is not None:
         budgets["latency_ms"] = parse_ms("--max-latency-ms", args.max_latency_ms)
     path, meta = open_checkpoint(args.ckpt)
+    refuse_nonfinite(path, meta.get("nonfinite") or [])
     if args.export:
         check_out_dir(args.export)
     if args.metric is not None and args.metric not in ("accuracy", "loss", "perplexity"):

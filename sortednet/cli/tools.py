@@ -76,18 +76,74 @@ def open_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     """(the .safetensors path, its metadata) of a checkpoint file or run folder; one-line errors otherwise."""
     import sortednet as sn
 
-    from ..evaluate import checkpoint_path
+    from ..checkpoint import resolve
 
-    file = checkpoint_path(path)
+    file = resolve(path)
     return file, sn.read_metadata(file)
 
 
-def check_out_dir(out: str | Path, force: bool = False) -> Path:
+def refuse_nonfinite(path: Path, names: Sequence[str]) -> None:
+    """A diverged run's weights (NaN or inf) are never chosen or exported."""
+    if names:
+        shown = ", ".join(sorted(set(names))[:3]) + (" ..." if len(set(names)) > 3 else "")
+        raise ValueError(
+            f"checkpoint {str(path)!r} has non-finite weights ({shown}): the run diverged; use an earlier "
+            "checkpoint or retrain with a lower optim.lr"
+        )
+
+
+EXPORT_RECORD = "sortednet.json"  # what sortednet-export writes into every folder it makes
+
+
+def files_under(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+
+
+def earlier_export(folder: Path) -> set[str] | None:
+    """The files an earlier sortednet-export wrote into `folder` (its record lists them), or None."""
+    import json
+
+    try:
+        record = json.loads((folder / EXPORT_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    files = record.get("files") if isinstance(record, dict) else None
+    return set(files) if isinstance(files, list) and all(isinstance(f, str) for f in files) else None
+
+
+def check_out_dir(out: str | Path, force: bool = False, protect: Sequence[Path] = ()) -> Path:
+    """An export folder that can be written without deleting anything sortednet did not write: new, empty, or
+    (with --force) an earlier export holding only its own files. Never the current folder, one above it, or
+    a folder that holds one of `protect` (the run, the checkpoint)."""
     out = Path(out)
+    where = out.resolve()
+    cwd = Path.cwd().resolve()
+    if where == cwd or where in cwd.parents:
+        raise ValueError(
+            f"--out {str(out)!r} is the current folder or one above it; give a new folder, e.g. --out small/"
+        )
+    for path in protect:
+        path = Path(path).resolve()
+        if where == path or where in path.parents:
+            raise ValueError(f"--out {str(out)!r} holds {str(path)!r}; give a folder outside it")
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {str(out)!r} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
+    present = files_under(out) if out.is_dir() else set()
+    if not present:
+        return out
+    written = earlier_export(out)
+    if written is None:
         raise FileExistsError(
-            f"--out {str(out)!r} exists and is not empty; give a new or empty folder, or --force"
+            f"--out {str(out)!r} is not empty and is not an earlier sortednet export; sortednet never deletes "
+            "files it did not write: give a new or empty folder"
         )
+    foreign = sorted(present - written)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise FileExistsError(
+            f"--out {str(out)!r} holds an earlier export and files it did not write ({shown}); "
+            "sortednet never deletes those: give a new or empty folder"
+        )
+    if not force:
+        raise FileExistsError(f"--out {str(out)!r} holds an earlier export; give --force to replace it")
     return out
