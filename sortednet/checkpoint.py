@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import hf
+from .atomic import atomic_write
 from .families import family_for
 from .nest import NestedModel, build_submodel, factorized_ranks, nest
 from .spec import NestingSpace, Subnet
@@ -49,21 +50,60 @@ def save(nested: NestedModel, path: str | os.PathLike, metadata: Mapping[str, An
         "space": nested.space.to_dict(),
         "aliases": aliases,
         "low_rank": nested.low_rank_info(),
+        # tensors holding NaN or inf (a diverged run): sortednet-select and -export refuse such a checkpoint
+        "nonfinite": [
+            k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())
+        ],
         **nested.metadata,
         **(metadata or {}),
     }
+    meta = {"format": "pt", FORMAT: json.dumps(header, default=str)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A run folder means its `checkpoints/last.safetensors`; a file is taken as it is. One-line errors for a
+    missing path, a folder without a checkpoint and a Lightning `.ckpt` (training state, not the model file)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", FORMAT: json.dumps(header, default=str)})
-    os.replace(tmp, path)
+    if path.is_dir():
+        candidate = path / "checkpoints" / "last.safetensors"
+        if not candidate.is_file():
+            raise FileNotFoundError(
+                f"{str(path)!r} is a folder without checkpoints/last.safetensors; "
+                "give a run folder or a .safetensors file"
+            )
+        return candidate
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".ckpt":
+        raise ValueError(
+            f"{str(path)!r} is a Lightning training checkpoint (for resuming with ckpt_path=); give its "
+            f"one-file partner {str(path.with_suffix('.safetensors'))!r} or the run folder"
+        )
+    return path
+
+
+# what a sortednet header must hold: field -> the types it may have
+HEADER_FIELDS: dict[str, tuple[type, ...]] = {
+    "model_class": (str,),
+    "config": (dict,),
+    "space": (dict,),
+    "aliases": (dict,),
+    "low_rank": (dict,),
+}
+OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
+    "eval_table": (list,),
+    "train_config": (dict,),
+    "global_step": (int,),
+    "options": (dict,),
+    "nonfinite": (list,),
+}
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON header of a sortednet checkpoint; a clear one-line error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    """The JSON header of a sortednet checkpoint (a file or a run folder); a clear one-line error for anything
+    else, a damaged header included."""
+    path = resolve(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(FORMAT)
@@ -76,14 +116,42 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(
             f"checkpoint {str(path)!r} is a safetensors file that sortednet did not write (no {FORMAT!r} metadata)"
         )
-    meta = json.loads(raw)
-    if meta.get("version") != VERSION:
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as err:
         raise ValueError(
-            f"checkpoint {str(path)!r} has sortednet format version {meta.get('version')}; this sortednet reads {VERSION}"
+            f"checkpoint {str(path)!r} has a damaged header: its metadata is not JSON ({err})"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("version") != VERSION:
+        version = meta.get("version") if isinstance(meta, dict) else None
+        raise ValueError(
+            f"checkpoint {str(path)!r} has sortednet format version {version}; this sortednet reads {VERSION}"
         )
+    _check_fields(path, meta)
     meta["_keys"] = keys
     _check_size(path, keys)
     return meta
+
+
+def _check_fields(path: Path, meta: Mapping[str, Any]) -> None:
+    for fields, required in ((HEADER_FIELDS, True), (OPTIONAL_FIELDS, False)):
+        for name, types in fields.items():
+            if name not in meta and not required:
+                continue
+            if not isinstance(meta.get(name), types) or (
+                name == "global_step" and isinstance(meta[name], bool)
+            ):
+                allowed = " or ".join(t.__name__ for t in types)
+                raise ValueError(
+                    f"checkpoint {str(path)!r} has a damaged header: field {name!r} is "
+                    f"{type(meta.get(name)).__name__ if name in meta else 'missing'}, expected {allowed}"
+                )
+    if not isinstance(meta["config"].get("model_type"), str):
+        raise ValueError(f"checkpoint {str(path)!r} has a damaged header: config has no model_type")
+    try:
+        NestingSpace.from_dict(meta["space"])
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"checkpoint {str(path)!r} has a damaged header: space: {err}") from None
 
 
 def _check_size(path: Path, keys: set[str]) -> None:
@@ -99,7 +167,8 @@ def _check_size(path: Path, keys: set[str]) -> None:
 
 
 def load(path: str | os.PathLike) -> NestedModel:
-    """Rebuild the nested model (every sub-model) from a one-file checkpoint."""
+    """Rebuild the nested model (every sub-model) from a one-file checkpoint or a run folder."""
+    path = resolve(path)
     meta = read_metadata(path)
     config = hf.config_from_dict(meta["config"])
     model = hf.empty_model(hf.model_class(meta["model_class"]), config)
@@ -115,7 +184,17 @@ def load(path: str | os.PathLike) -> NestedModel:
     return nested
 
 
-_OWN_KEYS = {"format", "version", "model_class", "config", "space", "aliases", "low_rank", "_keys"}
+_OWN_KEYS = {
+    "format",
+    "version",
+    "model_class",
+    "config",
+    "space",
+    "aliases",
+    "low_rank",
+    "nonfinite",
+    "_keys",
+}
 
 
 def _original_key(key: str) -> str:
@@ -124,6 +203,7 @@ def _original_key(key: str) -> str:
 
 def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
     """The plain transformers model of one subnet, reading only that subnet's slices of the file."""
+    path = resolve(path)
     meta = read_metadata(path)
     config = hf.config_from_dict(meta["config"])
     family = family_for(config)
@@ -150,21 +230,22 @@ def update_metadata(path: str | os.PathLike, **extra: Any) -> None:
     """Merge `extra` into a sortednet checkpoint's JSON metadata, rewriting only the header: the tensor bytes
     are copied as they are (no model is loaded; the weights stay bit-identical). Atomic (temp file + rename).
     """
-    path = Path(path)
+    path = resolve(path)
     read_metadata(path)  # a clear error for anything that is not a sortednet checkpoint
-    tmp = path.with_name(path.name + ".tmp")
-    with open(path, "rb") as src:
-        length = int.from_bytes(src.read(8), "little")
-        header = json.loads(src.read(length))
-        meta = header.setdefault("__metadata__", {})
-        own = json.loads(meta[FORMAT])
-        own.update(extra)
-        meta[FORMAT] = json.dumps(own, default=str)
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as safetensors writes it
-        with open(tmp, "wb") as out:
-            out.write(len(raw).to_bytes(8, "little"))
-            out.write(raw)
-            shutil.copyfileobj(src, out, 16 << 20)
-    shutil.copymode(path, tmp)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(path, "rb") as src:
+            length = int.from_bytes(src.read(8), "little")
+            header = json.loads(src.read(length))
+            meta = header.setdefault("__metadata__", {})
+            own = json.loads(meta[FORMAT])
+            own.update(extra)
+            meta[FORMAT] = json.dumps(own, default=str)
+            raw = json.dumps(header, separators=(",", ":")).encode()
+            raw += b" " * (-len(raw) % 8)  # keep the data 8-byte aligned, as safetensors writes it
+            with open(tmp, "wb") as out:
+                out.write(len(raw).to_bytes(8, "little"))
+                out.write(raw)
+                shutil.copyfileobj(src, out, 16 << 20)
+
+    atomic_write(path, write)

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -128,17 +126,3 @@ def headline_metric(rows: Sequence[Mapping[str, Any]], metric: str | None = None
         allowed = [k for k in (rows[0] if rows else []) if k in HIGHER_IS_BETTER]
         raise ValueError(f"metric {metric!r} is not in the evaluation table; allowed: {', '.join(allowed)}")
     return metric, HIGHER_IS_BETTER.get(metric, False)
-
-
-def checkpoint_path(path: str | os.PathLike) -> Path:
-    """A run folder means its `checkpoints/last.safetensors`; anything else is taken as the file itself."""
-    path = Path(path)
-    if path.is_dir():
-        candidate = path / "checkpoints" / "last.safetensors"
-        if not candidate.is_file():
-            raise FileNotFoundError(
-                f"{str(path)!r} is a folder without checkpoints/last.safetensors; "
-                "give a run folder or a .safetensors file"
-            )
-        return candidate
-    return path

@@ -64,4 +64,8 @@ def config_from_dict(data: Mapping[str, Any]) -> Any:
     model_type = data.get("model_type")
     if model_type not in transformers.CONFIG_MAPPING:
         raise ValueError(f"config model_type {model_type!r} is not known to this transformers version")
-    return transformers.CONFIG_MAPPING[model_type].from_dict(dict(data))
+    try:
+        return transformers.CONFIG_MAPPING[model_type].from_dict(dict(data))
+    except (TypeError, ValueError, KeyError, AttributeError) as err:  # configs are strict dataclasses
+        line = " ".join(str(err).split())
+        raise ValueError(f"the {model_type} config in the checkpoint is damaged: {line}") from None

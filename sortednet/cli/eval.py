@@ -148,8 +148,8 @@ def evaluate_checkpoint(
 
     import sortednet as sn
 
-    from ..checkpoint import update_metadata
-    from ..evaluate import checkpoint_path, evaluate, headline_metric
+    from ..checkpoint import resolve, update_metadata
+    from ..evaluate import evaluate, headline_metric
     from ..measure import pick_subnets
     from ..report import plot_pareto, write_table
     from ..train.tasks import task_for
@@ -161,7 +161,7 @@ def evaluate_checkpoint(
         if lat.get(key) is not None and int(lat[key]) < 1:
             raise ValueError(f"latency.{key}={lat[key]} is below 1; allowed: an int >= 1")
     device = pick_device(str(s["device"]))
-    path = checkpoint_path(path)
+    path = resolve(path)
     meta = sn.read_metadata(path)
     nested = sn.load(path)
     subnets = pick_subnets(nested.space, s["subnets"], int(s["max_subnets"]), int(s["seed"]))
