@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from sortednet.checks import number
 from sortednet.data.loader import ResumableDataLoader, eval_loader
 
 _FORMATS = {
@@ -130,11 +131,9 @@ class BaseDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int, eval_batch_size: int | None, num_workers: int, seed: int) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
+        self.batch_size = number("data.batch_size", batch_size, int, low=1)
+        self.eval_batch_size = number("data.eval_batch_size", eval_batch_size or batch_size, int, low=1)
+        self.num_workers = number("data.num_workers", num_workers, int, low=0)
         self.seed = seed
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None

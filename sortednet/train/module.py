@@ -22,11 +22,15 @@ from ..sampling import Sampler
 from ..spec import Subnet
 from .distributed import allreduce_gradients, needs_allreduce, reducer_off, world_size
 from .fsdp import configure_sharding
+from .options import Distill, Optim, Train
 from .tasks import Task
 
-SCHEDULES = ("cosine", "linear", "constant")
 # validation metrics are summed over ranks (strategy.reduce) before they are logged, so sync_dist is not needed
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
+
+
+class Diverged(RuntimeError):
+    """Too many optimizer steps in a row had a NaN or inf loss or gradient; the run stops (exit code 1)."""
 
 
 def check_distill(enabled: bool, sampler: Sampler) -> None:
@@ -62,39 +66,30 @@ class SortedNetModule(L.LightningModule):
         nested: NestedModel,
         task: Task,
         sampler: Sampler,
-        optim: Mapping[str, Any] | None = None,
+        optim: Optim | Mapping[str, Any] | None = None,
         accumulate: int = 1,
         grad_clip: float | None = 1.0,
-        distill: Mapping[str, Any] | None = None,
+        distill: Distill | Mapping[str, Any] | None = None,
         val_subnets: Sequence[Subnet | str] | None = None,
         subnet_weights: Mapping[str, float] | None = None,
         seed: int = 0,
+        max_nonfinite_steps: int = 3,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.nested, self.task, self.sampler = nested, task, sampler
-        self.optim = {
-            "lr": 1e-3,
-            "weight_decay": 0.01,
-            "betas": (0.9, 0.999),
-            "eps": 1e-8,
-            "schedule": "cosine",
-            "warmup_steps": 0,
-            "min_lr_ratio": 0.0,
-            **(optim or {}),
-        }
-        if self.optim["schedule"] not in SCHEDULES:
-            raise ValueError(
-                f"optim.schedule={self.optim['schedule']!r} is unknown; allowed: {', '.join(SCHEDULES)}"
-            )
-        if accumulate < 1:
-            raise ValueError(f"train.accumulate={accumulate} is below 1; allowed: an int >= 1")
-        self.accumulate, self.grad_clip, self.seed = int(accumulate), grad_clip, int(seed)
-        self.distill = dict(distill or {})
-        check_distill(bool(self.distill.get("enabled")), sampler)
+        self.optim = optim if isinstance(optim, Optim) else Optim(**(optim or {}))
+        distill = distill if isinstance(distill, Distill) else Distill(**(distill or {}))
+        options = Train(accumulate, grad_clip, subnet_weights or {}, distill, max_nonfinite_steps)
+        self.accumulate, self.grad_clip, self.distill = options.accumulate, options.grad_clip, options.distill
+        self.max_nonfinite_steps, self.seed = options.max_nonfinite_steps, int(seed)
+        check_distill(self.distill.enabled, sampler)
         space = nested.space
         self.val_subnets = [space.normalize(s) for s in (val_subnets or default_val_subnets(nested))]
-        self.subnet_weights = {str(space.normalize(k)): float(v) for k, v in (subnet_weights or {}).items()}
+        self.subnet_weights = {str(space.normalize(k)): v for k, v in options.subnet_weights.items()}
+        self.nonfinite_in_a_row = 0  # optimizer steps skipped in a row for a NaN/inf loss or gradient
+        self.skipped_steps = 0
+        self._step_losses: list[tuple[Subnet, torch.Tensor]] = []
         self.micro = 0  # micro-batches done in the current optimizer step
         self._step_loss: torch.Tensor | float = 0.0  # mean loss of the current optimizer step so far
         self._step_started = time.perf_counter()
@@ -108,19 +103,17 @@ class SortedNetModule(L.LightningModule):
                 (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
         o = self.optim
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o["lr"],
-            betas=tuple(o["betas"]),
-            eps=o["eps"],
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr,
+            betas=o.betas,
+            eps=o.eps,
         )
         total = (
             self.trainer.max_steps
             if self.trainer.max_steps > 0
             else self.trainer.estimated_stepping_batches // self.accumulate
         )
-        schedule = LambdaLR(
-            optimizer, lr_lambda(o["schedule"], o["warmup_steps"], int(total), o["min_lr_ratio"])
-        )
+        schedule = LambdaLR(optimizer, lr_lambda(o.schedule, o.warmup_steps, int(total), o.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_model(self) -> None:
@@ -147,11 +140,7 @@ class SortedNetModule(L.LightningModule):
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         subnets = self.sampler.sample(step, micro)
         weights = self._weights(subnets)
-        use_distill = bool(self.distill.get("enabled"))
-        alpha, temperature = (
-            float(self.distill.get("alpha", 0.5)),
-            float(self.distill.get("temperature", 1.0)),
-        )
+        use_distill, alpha, temperature = self.distill.enabled, self.distill.alpha, self.distill.temperature
         teacher, total = None, 0.0
         for subnet, weight in zip(subnets, weights, strict=True):
             with self.nested.use(subnet):
@@ -165,6 +154,7 @@ class SortedNetModule(L.LightningModule):
                     teacher = logits.detach()
                 self.manual_backward(objective * weight / self.accumulate)
             total += weight * loss.detach()
+            self._step_losses.append((subnet, loss.detach()))
             self.log(f"train/loss/{subnet}", loss.detach(), on_step=True, on_epoch=False)
         # this rank's loss on this micro-batch; train/step_loss (once per step) is the mean over all ranks
         self.log("train/loss", total, on_step=True, on_epoch=False, prog_bar=True)
@@ -180,12 +170,17 @@ class SortedNetModule(L.LightningModule):
         # DDP: one all-reduce per step (sharded strategies, FSDP, reduce-scatter in each backward themselves)
         if needs_allreduce(self.trainer.strategy.model):
             allreduce_gradients(self.nested.parameters(), extra=step_loss)
+        losses, self._step_losses, self.micro = self._step_losses, [], 0
+        if not self._finite(losses):
+            optimizer.zero_grad(set_to_none=True)
+            self._skip(losses)
+            return
+        self.nonfinite_in_a_row = 0
         if self.grad_clip:
             self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         schedule.step()
-        self.micro = 0
         now = time.perf_counter()
         samples = batch_size * self.accumulate * world_size()
         self.log(
@@ -194,6 +189,35 @@ class SortedNetModule(L.LightningModule):
         self.log("train/lr", schedule.get_last_lr()[0], on_step=True, on_epoch=False)
         self.log("train/step_loss", step_loss[0], on_step=True, on_epoch=False)
         self._step_started = now
+
+    def _finite(self, losses: Sequence[tuple[Subnet, torch.Tensor]]) -> bool:
+        """Every loss and gradient of this step finite, on every rank (one flag reduced: all skip or none)."""
+        checks = [torch.isfinite(loss) for _, loss in losses]
+        for p in self.nested.parameters():
+            if p.grad is not None:
+                grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # FSDP2: the local shard
+                checks.append(torch.isfinite(grad).all())
+        bad = (
+            (~torch.stack(checks).all()).float().reshape(1) if checks else torch.zeros(1, device=self.device)
+        )
+        if world_size() > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        return float(bad) == 0
+
+    def _skip(self, losses: Sequence[tuple[Subnet, torch.Tensor]]) -> None:
+        """A non-finite step changes no weight and does not count as an optimizer step."""
+        self.nonfinite_in_a_row += 1
+        self.skipped_steps += 1
+        self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
+        if self.nonfinite_in_a_row < self.max_nonfinite_steps:
+            return
+        subnet, loss = next(((s, v) for s, v in losses if not torch.isfinite(v)), (None, None))
+        what = f"subnet {subnet} has loss {float(loss)}" if subnet is not None else "a gradient is NaN or inf"
+        raise Diverged(
+            f"training diverged at step {self.global_step}: {what}, {self.nonfinite_in_a_row} optimizer steps "
+            f"in a row (train.max_nonfinite_steps={self.max_nonfinite_steps}) were skipped as NaN or inf; the "
+            "last saved checkpoint is kept as it was; lower optim.lr or raise optim.warmup_steps"
+        )
 
     # ---- validation ---------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -1,0 +1,172 @@
+"""The training options, each value checked here and nowhere else (one-line errors naming the key, the value
+and what is allowed). The CLI builds these before anything else, so a bad value is refused before any data or
+model is loaded; SortedNetModule takes them as they are."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..checks import number
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclass(frozen=True)
+class Optim:
+    """AdamW with warmup and a cosine/linear/constant schedule (`optim.*`)."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "lr", number("optim.lr", self.lr, low=0, low_open=True))
+        set_(self, "weight_decay", number("optim.weight_decay", self.weight_decay, low=0))
+        set_(self, "eps", number("optim.eps", self.eps, low=0, low_open=True))
+        betas = (
+            list(self.betas) if isinstance(self.betas, Sequence) and not isinstance(self.betas, str) else None
+        )
+        if betas is None or len(betas) != 2:
+            raise ValueError(f"optim.betas={self.betas!r} is not allowed; allowed: two numbers in [0, 1)")
+        set_(self, "betas", tuple(number("optim.betas", b, low=0, high=1, high_open=True) for b in betas))
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule={self.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
+        set_(self, "warmup_steps", number("optim.warmup_steps", self.warmup_steps, int, low=0))
+        set_(self, "min_lr_ratio", number("optim.min_lr_ratio", self.min_lr_ratio, low=0, high=1))
+
+
+@dataclass(frozen=True)
+class Distill:
+    """In-place distillation from the largest subnet of each step (`train.distill.*`)."""
+
+    enabled: bool = False
+    temperature: float = 1.0
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"train.distill.enabled={self.enabled!r} is not allowed; allowed: true or false")
+        t = number("train.distill.temperature", self.temperature, low=0, low_open=True)
+        object.__setattr__(self, "temperature", t)
+        object.__setattr__(self, "alpha", number("train.distill.alpha", self.alpha, low=0, high=1))
+
+
+@dataclass(frozen=True)
+class Train:
+    """How each optimizer step is made (`train.*` but the Maestro `rank` options, which MaestroCallback owns)."""
+
+    accumulate: int = 1
+    grad_clip: float | None = 1.0
+    subnet_weights: Mapping[str, float] = field(default_factory=dict)
+    distill: Distill = field(default_factory=Distill)
+    max_nonfinite_steps: int = 3
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "accumulate", number("train.accumulate", self.accumulate, int, low=1))
+        if self.grad_clip is not None:
+            set_(self, "grad_clip", number("train.grad_clip", self.grad_clip, low=0, low_open=True))
+        set_(self, "subnet_weights", parse_subnet_weights(self.subnet_weights))
+        if isinstance(self.distill, Mapping):
+            set_(self, "distill", Distill(**self.distill))
+        set_(
+            self,
+            "max_nonfinite_steps",
+            number("train.max_nonfinite_steps", self.max_nonfinite_steps, int, low=1),
+        )
+
+
+def parse_subnet_weights(value: Any) -> dict[str, float]:
+    """`{"depth=2,ffn=0.25": 2.0}` (YAML) or `["depth=2,ffn=0.25:2.0", ...]` (the command line, where Hydra's
+    grammar does not allow '=' or ',' in a key); every weight a number > 0."""
+    if not value:
+        return {}
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        pairs = []
+        for item in value:
+            subnet, sep, weight = str(item).rpartition(":")
+            if not sep:
+                raise ValueError(
+                    f"train.subnet_weights item {item!r} is not SUBNET:WEIGHT; "
+                    "example: 'train.subnet_weights=[\"depth=2,ffn=0.25:2.0\"]'"
+                )
+            try:
+                pairs.append((subnet, float(weight)))
+            except ValueError:
+                pairs.append((subnet, weight))
+    else:
+        raise ValueError(
+            f"train.subnet_weights={value!r} is not allowed; allowed: a mapping subnet -> weight, or a list of "
+            "'SUBNET:WEIGHT' strings"
+        )
+    return {str(s): number(f"train.subnet_weights[{s}]", w, low=0, low_open=True) for s, w in pairs}
+
+
+# ---- Lightning Trainer arguments ------------------------------------------------------------------
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
+PRECISIONS = (
+    "32-true",
+    "32",
+    "16-mixed",
+    "bf16-mixed",
+    "bf16-true",
+    "16-true",
+    "64-true",
+    "64",
+    "transformer-engine",
+)
+
+
+def check_trainer(args: Mapping[str, Any]) -> None:
+    """The `trainer.*` values Lightning would reject deep inside fit (or accept silently and misuse)."""
+    for key in ("max_steps", "max_epochs"):
+        if key in args and args[key] is not None:
+            number(f"trainer.{key}", args[key], int, low=-1)
+    for key in ("log_every_n_steps", "num_nodes"):
+        if key in args:
+            number(f"trainer.{key}", args[key], int, low=1)
+    for key in ("val_check_interval", "limit_val_batches", "limit_train_batches"):
+        value = args.get(key)
+        if value is None:
+            continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            number(f"trainer.{key}", value, int, low=0 if key.startswith("limit") else 1)
+        else:
+            number(f"trainer.{key}", value, low=0, high=1, low_open=not key.startswith("limit"))
+    for key in ("enable_progress_bar", "enable_checkpointing", "enable_model_summary", "deterministic"):
+        if key in args and not isinstance(args[key], bool) and args[key] is not None:
+            raise ValueError(f"trainer.{key}={args[key]!r} is not allowed; allowed: true or false")
+    devices = args.get("devices", "auto")
+    if not (
+        devices == "auto"
+        or (isinstance(devices, int) and devices >= 1 and not isinstance(devices, bool))
+        or (isinstance(devices, Sequence) and not isinstance(devices, str))
+    ):
+        raise ValueError(
+            f"trainer.devices={devices!r} is not allowed; allowed: an int >= 1, a list of ids or auto"
+        )
+    precision = str(args.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise ValueError(f"trainer.precision={precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
+    accelerator = args.get("accelerator", "auto")
+    if accelerator not in ACCELERATORS:
+        raise ValueError(
+            f"trainer.accelerator={accelerator!r} is unknown; allowed: {', '.join(ACCELERATORS)}"
+        )
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"trainer.accelerator={accelerator!r} but this machine has no GPU (torch.cuda.is_available() is "
+                "False); allowed here: cpu or auto"
+            )
