@@ -1,15 +1,16 @@
-"""Callbacks: the one-file safetensors checkpoint beside every Lightning .ckpt."""
+"""Callbacks: the one-file safetensors checkpoint beside every Lightning .ckpt, committed as a pair."""
 
 from __future__ import annotations
 
-import os
 import warnings
+import weakref
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+
+from .checkpoint_io import one_file_path, save_pair
 
 # Lightning warns that manual optimization checkpoints hold the post-step state: that is the state we want
 # (it is saved right after an optimizer step, with no gradients pending).
@@ -22,30 +23,29 @@ def data_metadata(datamodule: object) -> dict[str, str]:
     return {"char_vocab": chars} if isinstance(chars, str) else {}
 
 
-def one_file_path(ckpt_path: str | os.PathLike) -> Path:
-    return Path(ckpt_path).with_suffix(".safetensors")
-
-
 class NestedCheckpoint(ModelCheckpoint):
     """A ModelCheckpoint (.ckpt: weights, optimizer, scheduler, sampler, loop state for exact resume) that also
-    writes the nested model's one-file `.safetensors` beside each .ckpt, with the run's config in its metadata."""
+    writes the nested model's one-file `.safetensors` beside each .ckpt, with the run's config in its metadata;
+    the two are committed together (checkpoint_io.save_pair)."""
 
     def __init__(self, run_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.run_config = dict(run_config or {})
 
-    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        from .fsdp import save_one_file
-
-        super()._save_checkpoint(trainer, filepath)
-        metadata = {
+    def metadata(self, trainer: L.Trainer) -> dict[str, Any]:
+        return {
             "train_config": self.run_config,
             "global_step": trainer.global_step,
             **data_metadata(trainer.datamodule),
         }
-        # every rank: under FSDP the shards are gathered; rank 0 writes
-        save_one_file(trainer.lightning_module.nested, one_file_path(filepath), metadata)
-        trainer.strategy.barrier()
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        save_pair(trainer, filepath, self.metadata(trainer))
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(weakref.proxy(self))
 
     def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._remove_checkpoint(trainer, filepath)
