@@ -34,9 +34,13 @@ def nest(
     space: NestingSpace | str | Mapping[str, Any],
     *,
     family: Family | None = None,
+    check: bool | None = None,
 ) -> NestedModel:
     """Wrap `model` in place so that every subnet of `space` can run; at the largest it is unchanged.
-    `family` defaults to the one registered for `config.model_type`."""
+
+    `family` defaults to the one registered for `config.model_type`. A family not marked `verified` is first
+    checked on a tiny random model of the same class (`sortednet.testing.quick_check`, well under a second,
+    once per process); `check=True` runs that check for any family, `check=False` skips it."""
     if isinstance(model, NestedModel) or any(isinstance(m, SlicedLinear) for m in model.modules()):
         raise ValueError("model is already nested; nest the original model once (or call unnest() first)")
     if not isinstance(space, NestingSpace):
@@ -52,6 +56,10 @@ def nest(
         targets = [path for path in family.rank_targets(space.rank_targets) if path in present]
         full["rank"] = max(min(layer.get_submodule(path).weight.shape) for path in targets)
     bound = space.bind(full, lambda d, v: family.resolve(full, d, v), None)  # every check, before any change
+    if check or (check is None and not family.verified):
+        from .testing import quick_check
+
+        quick_check(family, model, bound.dims)
     nested = NestedModel(model, bound, family, full)
     bound.set_cost(param_cost_fn(nested))
     return nested

@@ -61,8 +61,8 @@ def family_for(config: Any) -> Family:
     if family is None:
         raise ValueError(
             f"model family {model_type!r} (config.model_type) is not supported; supported: "
-            f"{', '.join(supported_model_types())}; to add one, describe it with sortednet.families.Family "
-            f"and call sortednet.families.register(...)"
+            f"{', '.join(supported_model_types())}; to add one, describe it with sortednet.families.Family, "
+            f"check it with sortednet.testing.check_family and call sortednet.families.register(...)"
         )
     return family
 

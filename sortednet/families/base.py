@@ -166,14 +166,18 @@ class Family:
     def head_dim_key(self) -> str:
         return self.config_keys.get("head_dim", "head_dim")
 
-    def resolve(self, full: Mapping[str, int], dim: str, value: Value) -> int:
-        """Absolute size for one space value, validated against the model (one-line ValueError)."""
+    def check_dim(self, dim: str) -> None:
+        """One-line ValueError for a dimension this family does not nest, naming the ones it does."""
         if dim not in self.dims:
             why = f" ({self.unsupported[dim]})" if dim in self.unsupported else ""
             raise ValueError(
                 f"dimension {dim!r} cannot be nested for model family {self.name!r}{why}; "
                 f"it supports: {', '.join(self.dims)}"
             )
+
+    def resolve(self, full: Mapping[str, int], dim: str, value: Value) -> int:
+        """Absolute size for one space value, validated against the model (one-line ValueError)."""
+        self.check_dim(dim)
         total = full[dim]
         what = DIM_NAMES.get(dim, dim)
         if isinstance(value, float):

@@ -21,4 +21,5 @@ BERT = Family(
         "hidden": "hidden_size",
     },
     head_dim_in_config=False,
+    verified=True,  # check_family passes in tests/test_family_check.py
 )
