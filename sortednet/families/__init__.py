@@ -13,12 +13,17 @@ from typing import Any
 
 from .base import Family, Projection
 from .bert import BERT
+from .deberta_v2 import DEBERTA_V2
+from .distilbert import DISTILBERT
+from .gemma import GEMMA
 from .gpt2 import GPT2
 from .llama import LLAMA
+from .phi3 import PHI3
+from .qwen3 import QWEN3
 from .vit import VIT
 
 ENTRY_POINT_GROUP = "sortednet.families"
-BUILT_IN = (BERT, GPT2, LLAMA, VIT)
+BUILT_IN = (BERT, GPT2, LLAMA, VIT, QWEN3, PHI3, GEMMA, DISTILBERT, DEBERTA_V2)
 
 _REGISTRY: dict[str, Family] = {}
 _entry_points_loaded = False

@@ -1,10 +1,10 @@
-"""BERT, RoBERTa and MiniLM (model_type "bert"): encoder layers under `encoder.layer`."""
+"""BERT, RoBERTa, XLM-RoBERTa and MiniLM (model_type "bert"): encoder layers under `encoder.layer`."""
 
 from .base import Family, Projection
 
 BERT = Family(
     name="bert",
-    model_types=("bert", "roberta"),
+    model_types=("bert", "roberta", "xlm-roberta"),
     layers="encoder.layer",
     projections={
         "attention.self.query": Projection(("q",), "hidden"),
