@@ -31,7 +31,7 @@ import transformers
 from torch import nn
 
 from . import reference as ref
-from .families import Family, family_for, registered
+from .families import Family, family_for
 from .spec import NestingSpace, Subnet
 
 TOLERANCE = 1e-5  # max abs difference allowed between a sub-model and its reference (fp32)
@@ -134,6 +134,8 @@ def _checked_dims(family: Family, dims: Iterable[str] | None) -> tuple[str, ...]
 
 
 class _Checker:
+    """One run of the checks. `self.stage` names what runs, so that any error becomes one line saying where."""
+
     def __init__(
         self,
         family: Family,
@@ -144,41 +146,49 @@ class _Checker:
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.family, self.cls, self.seed = family, cls, seed
-        self.name = f"family {family.name!r} on {cls.__name__}"
         try:
             self.config, self.full = ref.tiny_config(config, family, depth, overrides or {})
         except Exception as err:
-            raise FamilyCheckError(f"{self.name}: cannot build a tiny config: {_one_line(err)}") from None
+            raise FamilyCheckError(
+                f"family {family.name!r}: cannot build a tiny {cls.__name__} config: {_one_line(err)}"
+            ) from None
+        f = self.full
+        self.name = (
+            f"family {family.name!r} on a tiny {cls.__name__} (depth={f['depth']},hidden={f['hidden']},"
+            f"heads={f['heads']},ffn={f['ffn']})"
+        )
 
     def fail(self, what: str) -> FamilyCheckError:
-        return FamilyCheckError(f"{self.name}: {what}")
+        return FamilyCheckError(f"{self.name}: {self.stage}: {what}")
 
-    def compare(self, check: str, got: torch.Tensor, want: torch.Tensor, tol: float, where: str) -> None:
+    def compare(self, check: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
         if got.shape != want.shape:
-            raise self.fail(f"{where}: output shape {tuple(got.shape)} != reference {tuple(want.shape)}")
+            raise self.fail(f"output shape {tuple(got.shape)} != reference {tuple(want.shape)}")
         diff = (got.float() - want.float()).abs().max().item()
         self.report.record(check, diff)
         if not diff <= tol:  # also catches NaN
-            raise self.fail(f"{where}: {check} differ by {diff:.3g} (allowed {tol:g})")
+            raise self.fail(f"{check} differ by {diff:.3g} (allowed {tol:g})")
 
     def run(self, dims: tuple[str, ...], quick: bool) -> FamilyReport:
         start = time.perf_counter()
         self.report = FamilyReport(self.family.name, self.cls.__name__, dims)
+        self.stage = "building the tiny model"
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # tiny matrices: more threads only wait on each other
         try:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
                 self._run(dims, quick)
+        except FamilyCheckError:
+            raise
+        except Exception as err:  # the model code itself failed on a sub-model: say where, in one line
+            raise self.fail(f"{type(err).__name__}: {_one_line(err)}") from None
         finally:
             torch.set_num_threads(threads)
         self.report.seconds = time.perf_counter() - start
         return self.report
 
     def _run(self, dims: tuple[str, ...], quick: bool) -> None:
-        try:
-            self.model = ref.random_model(self.cls, self.config, self.seed)
-        except Exception as err:
-            raise self.fail(f"cannot build the tiny model: {_one_line(err)}") from None
+        self.model = ref.random_model(self.cls, self.config, self.seed)
         self.batch = ref.tiny_inputs(self.model, self.config, self.seed)
         self.state = {k: v.clone() for k, v in self.model.state_dict().items()}
         self.original = ref.output(self.model, self.batch)
@@ -203,12 +213,10 @@ class _Checker:
     def check_nested(self, dims: tuple[str, ...], quick: bool) -> None:
         from .nest import nest
 
-        try:
-            nested = nest(self.model, self.space(dims), family=self.family, check=False)
-        except ValueError as err:
-            raise self.fail(f"nest() refused the tiny model: {_one_line(err)}") from None
-        where = "largest subnet vs the original model"
-        self.compare("largest vs original", ref.output(nested, self.batch), self.original, 0.0, where)
+        self.stage = "nest()"
+        nested = nest(self.model, self.space(dims), family=self.family, check=False)
+        self.stage = "largest subnet vs the original model"
+        self.compare("largest vs original", ref.output(nested, self.batch), self.original, 0.0)
         subnets = [nested.space.smallest] if quick else nested.space.subnets()[:-1]
         for subnet in subnets:
             self.check_subnet(nested, subnet, generate=not quick)
@@ -220,14 +228,13 @@ class _Checker:
         return {**self.full, **{d: int(v) for d, v in subnet.items()}}
 
     def check_subnet(self, nested: Any, subnet: Subnet, generate: bool) -> None:
-        sizes, where = self.sizes(subnet), f"subnet {subnet}"
+        sizes = self.sizes(subnet)
+        self.stage = f"subnet {subnet} under use()"
         with nested.use(subnet):
             got = ref.output(nested, self.batch)
+        self.stage = f"subnet {subnet}, its plain reference"
         plain = ref.expressible(self.family, self.full, sizes)
-        try:
-            reference = ref.reference_model(self.cls, self.config, self.family, self.full, sizes, self.state)
-        except Exception as err:
-            raise self.fail(f"{where}: cannot build the plain reference model: {_one_line(err)}") from None
+        reference = ref.reference_model(self.cls, self.config, self.family, self.full, sizes, self.state)
         if reference is None:
             self.report.skipped.append(
                 f"{subnet} (no plain {self.cls.__name__} has a hidden size of {sizes['hidden']} "
@@ -235,26 +242,27 @@ class _Checker:
             )
             return
         want = ref.output(reference, self.batch)
-        check = "use() vs reference" if plain else "use() vs heads-zeroed reference"
-        self.compare(check, got, want, TOLERANCE, where)
+        self.stage = f"subnet {subnet}"
+        self.compare(
+            "use() vs reference" if plain else "use() vs heads-zeroed reference", got, want, TOLERANCE
+        )
         if plain:
-            try:
-                small = nested.extract(subnet)
-            except ValueError as err:
-                raise self.fail(f"{where}: extract() refused: {_one_line(err)}") from None
-            self.compare("extract() vs reference", ref.output(small, self.batch), want, TOLERANCE, where)
+            self.stage = f"subnet {subnet}, extract()"
+            self.compare(
+                "extract() vs reference", ref.output(nested.extract(subnet), self.batch), want, TOLERANCE
+            )
             if nested.num_params(subnet) != reference.num_parameters():
                 raise self.fail(
-                    f"{where}: num_params {nested.num_params(subnet)} != the reference's "
-                    f"{reference.num_parameters()} parameters"
+                    f"num_params {nested.num_params(subnet)} != the reference's {reference.num_parameters()}"
                 )
             self.report.record("num_params diff", 0.0)
         if generate and ref.can_generate(self.cls):
+            self.stage = f"subnet {subnet}, greedy generation"
             prompt = self.batch["input_ids"][1:]
             with nested.use(subnet):
                 tokens = ref.greedy(nested, prompt)
             if not torch.equal(tokens, ref.greedy(reference, prompt)):
-                raise self.fail(f"{where}: greedy generation differs from the reference model's")
+                raise self.fail("the tokens differ from the reference model's")
             self.report.record("generate mismatches", 0.0)
 
     def check_round_trip(self, nested: Any, subnets: list[Subnet]) -> None:
@@ -263,57 +271,45 @@ class _Checker:
         exportable = [s for s in subnets if ref.expressible(self.family, self.full, self.sizes(s))]
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "family.safetensors"
+            self.stage = "save() and load()"
             nested.save(path)
             if family_of(read_metadata(path)) != self.family:
                 raise self.fail("the checkpoint header does not give back the family")
             loaded = load(path)
             for subnet in [nested.space.largest, *subnets[:1]]:
+                self.stage = f"subnet {subnet} after save() and load()"
                 with nested.use(subnet), loaded.use(subnet):
                     a, b = ref.output(loaded, self.batch), ref.output(nested, self.batch)
-                self.compare("load() vs nested", a, b, 0.0, f"subnet {subnet} after save/load")
+                self.compare("load() vs nested", a, b, 0.0)
             for subnet in exportable[:1]:
+                self.stage = f"subnet {subnet} from load_submodel()"
                 a = ref.output(load_submodel(path, subnet), self.batch)
                 b = ref.output(nested.extract(subnet), self.batch)
-                self.compare("load_submodel() vs extract()", a, b, 0.0, f"subnet {subnet} from the file")
+                self.compare("load_submodel() vs extract()", a, b, 0.0)
 
     # ---- rank -----------------------------------------------------------------------------------
     def check_rank(self, quick: bool) -> None:
         from .nest import nest
 
+        self.stage = "rank at full size vs the original model"
         model = ref.random_model(self.cls, self.config, self.seed)
         space = NestingSpace(rank=[4, 8, self.full["hidden"]])
         nested = nest(model, space, family=self.family, check=False)
-        where = "rank at full size vs the original model"
-        self.compare(
-            "full rank vs original", ref.output(nested, self.batch), self.original, RANK_TOLERANCE, where
-        )
+        got = ref.output(nested, self.batch)
+        self.compare("full rank vs original", got, self.original, RANK_TOLERANCE)
         for rank in [4] if quick else [4, 8]:
-            subnet, where = Subnet(rank=rank), f"subnet rank={rank}"
+            subnet = Subnet(rank=rank)
+            self.stage = f"subnet {subnet}"
             reference, factored = ref.low_rank_reference(self.cls, self.config, self.family, self.state, rank)
             with nested.use(subnet):
                 got = ref.output(nested, self.batch)
-            want = ref.output(reference, self.batch)
-            self.compare("rank use() vs reference", got, want, RANK_TOLERANCE, where)
-            self.compare(
-                "rank extract() vs use()",
-                ref.output(nested.extract(subnet), self.batch),
-                got,
-                TOLERANCE,
-                where,
-            )
+            self.compare("rank use() vs reference", got, ref.output(reference, self.batch), RANK_TOLERANCE)
+            small = ref.output(nested.extract(subnet), self.batch)
+            self.compare("rank extract() vs use()", small, got, TOLERANCE)
             if nested.num_params(subnet) != factored:
-                raise self.fail(
-                    f"{where}: num_params {nested.num_params(subnet)} != {factored} counted by hand"
-                )
+                raise self.fail(f"num_params {nested.num_params(subnet)} != {factored} counted by hand")
             self.report.subnets += 1
 
 
 def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:300]
-
-
-def verified_model_types() -> list[str]:
-    """Registered model types whose family is marked verified."""
-    from .families import supported_model_types
-
-    return [t for t in supported_model_types() if registered(t).verified]

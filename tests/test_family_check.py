@@ -90,7 +90,9 @@ def test_a_phi3_family_with_heads_is_refused_by_nest_in_one_line():
         sn.nest(model, sn.NestingSpace(depth=[2, 4], heads=[2, 4]), family=PHI3_LIKE_QWEN3)
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith("nest() checked family 'my-phi3' on Phi3ForCausalLM: subnet ")
+    assert message.startswith(
+        "nest() checked family 'my-phi3' on a tiny Phi3ForCausalLM (depth=2,hidden=32,heads=4,ffn=48): subnet "
+    )
     assert "use() vs reference differ by" in message and "check=False" in message
     assert not any(type(m).__module__.startswith("sortednet") for m in model.modules())  # left untouched
     # the same family without heads is exact, and the built-in one refuses heads naming what it supports
@@ -228,6 +230,17 @@ def test_a_checkpoint_of_a_user_family_loads_in_a_fresh_process(registry, tmp_pa
         want = output(nested, batch)
     assert torch.equal(torch.load(f"{path}.use.pt"), want)
     assert (torch.load(f"{path}.sub.pt") - want).abs().max().item() <= 1e-5
+
+
+def test_a_sub_model_the_model_code_cannot_run_is_refused_in_one_line():
+    """OLMo's LayerNorm has no weight, so nothing cuts it to a smaller hidden size: the model code fails."""
+    with pytest.raises(FamilyCheckError) as err:
+        sn.nest(olmo(), sn.NestingSpace(depth=[2, 4], hidden=[16, 32]), family=OLMO)
+    assert "\n" not in str(err.value)
+    assert str(err.value).startswith(
+        "nest() checked family 'olmo' on a tiny OlmoForCausalLM (depth=2,hidden=32,heads=4,ffn=48): "
+        "subnet depth=1,hidden=16 under use(): RuntimeError: "
+    )
 
 
 def test_the_stored_family_wins_over_a_different_registered_one(registry, tmp_path):
