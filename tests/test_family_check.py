@@ -335,6 +335,10 @@ def test_families_register_through_entry_points(registry, monkeypatch):
             "family 'llama': config_keys lacks 'ffn'; it needs depth, heads, ffn, hidden",
         ),
         (
+            {"unsupported": {"depth": "why not"}},
+            "family 'llama': dimension 'depth' is in both dims and unsupported; give it in one",
+        ),
+        (
             {"layer_attrs": {"attn.n_head": "head"}},
             "family 'llama': layer_attrs role 'head' is not known; allowed: hidden, q, kv, ffn, heads, kv_heads",
         ),

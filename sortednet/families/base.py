@@ -111,7 +111,12 @@ class Family:
                 f"{where}: config_keys lacks {missing[0]!r}; it needs {', '.join(REQUIRED_SIZE_KEYS)}"
             )
         allowed("dimension", self.dims, tuple(DIM_NAMES))
-        allowed("unsupported dimension", self.unsupported, tuple(d for d in DIM_NAMES if d not in self.dims))
+        allowed("unsupported dimension", self.unsupported, tuple(DIM_NAMES))
+        both = [d for d in self.unsupported if d in self.dims]
+        if both:
+            raise ValueError(
+                f"{where}: dimension {both[0]!r} is in both dims and unsupported; give it in one"
+            )
         allowed("layer_attrs role", self.layer_attrs.values(), LAYER_ATTR_ROLES)
 
     # ---- the checkpoint header ----------------------------------------------------------------
