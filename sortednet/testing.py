@@ -34,6 +34,8 @@ from . import reference as ref
 from .families import Family, family_for
 from .spec import NestingSpace, Subnet
 
+__all__ = ["FamilyCheckError", "FamilyReport", "check_family", "quick_check"]
+
 TOLERANCE = 1e-5  # max abs difference allowed between a sub-model and its reference (fp32)
 # factorised projections run U[:, :r] (V[:r] x), the reference (U S)[:, :r] Vh[:r] x: rounding differs
 RANK_TOLERANCE = 1e-4
@@ -93,9 +95,10 @@ _QUICK_RESULTS: dict[str, str | None] = {}
 def quick_check(family: Family, model: nn.Module, dims: Iterable[str]) -> None:
     """The cheap form of check_family that `nest()` runs for a family not marked verified: a two-layer tiny
     model of the same class and config, the largest and the smallest subnet. Once per process per family,
-    class and dimensions."""
+    class, config and dimensions."""
     dims = tuple(d for d in CHECKED_DIMS if d in set(dims) and d in family.dims)
-    key = json.dumps([family.to_dict(), type(model).__name__, dims])
+    config = model.config.to_dict()
+    key = json.dumps([family.to_dict(), type(model).__name__, dims, config], sort_keys=True, default=str)
     if key not in _QUICK_RESULTS:
         try:
             _Checker(family, type(model), model.config, depth=2, seed=0).run(dims, quick=True)
