@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from torch import nn
 
 from . import hf
 from .atomic import atomic_write
-from .families import family_for
+from .families import Family, family_for, registered
 from .nest import NestedModel, build_submodel, factorized_ranks, nest
 from .spec import NestingSpace, Subnet
 
@@ -48,6 +49,7 @@ def save(nested: NestedModel, path: str | os.PathLike, metadata: Mapping[str, An
         "model_class": hf.class_path(nested.model),
         "config": nested.model.config.to_dict(),
         "space": nested.space.to_dict(),
+        "family": nested.family.to_dict(),
         "aliases": aliases,
         "low_rank": nested.low_rank_info(),
         # tensors holding NaN or inf (a diverged run): sortednet-select and -export refuse such a checkpoint
@@ -97,6 +99,7 @@ OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
     "global_step": (int,),
     "options": (dict,),
     "nonfinite": (list,),
+    "family": (dict,),
 }
 
 
@@ -166,13 +169,38 @@ def _check_size(path: Path, keys: set[str]) -> None:
         )
 
 
+def family_of(meta: Mapping[str, Any]) -> Family:
+    """The family a checkpoint's weights were nested with.
+
+    The header stores it. The registered family for the model type is used when it equals the stored one;
+    the stored one when none is registered (a family registered in the process that wrote the file) or when
+    the registered one differs (the weights were sliced by the stored one). A file without a stored family
+    (written before families were stored) uses the registered one."""
+    stored = meta.get("family")
+    if stored is None:
+        return family_for(hf.config_from_dict(meta["config"]))
+    family = Family.from_dict(stored)
+    held = registered(meta["config"].get("model_type"))
+    if held is None:
+        return family
+    if held == family:
+        return held
+    warnings.warn(
+        f"sortednet: the checkpoint's family {family.name!r} differs from the registered family {held.name!r} "
+        f"for model type {meta['config'].get('model_type')!r}; using the checkpoint's, which nested these weights",
+        stacklevel=2,
+    )
+    return family
+
+
 def load(path: str | os.PathLike) -> NestedModel:
     """Rebuild the nested model (every sub-model) from a one-file checkpoint or a run folder."""
     path = resolve(path)
     meta = read_metadata(path)
     config = hf.config_from_dict(meta["config"])
     model = hf.empty_model(hf.model_class(meta["model_class"]), config)
-    nested = nest(model, NestingSpace.from_dict(meta["space"]))  # factorised layers get meta-device factors
+    space = NestingSpace.from_dict(meta["space"])
+    nested = nest(model, space, family=family_of(meta))  # factorised layers get meta-device factors
     aliases = meta.get("aliases", {})
     with safe_open(str(path), framework="pt") as f:
         hf.fill_model(
@@ -190,6 +218,7 @@ _OWN_KEYS = {
     "model_class",
     "config",
     "space",
+    "family",
     "aliases",
     "low_rank",
     "nonfinite",
@@ -206,7 +235,7 @@ def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
     path = resolve(path)
     meta = read_metadata(path)
     config = hf.config_from_dict(meta["config"])
-    family = family_for(config)
+    family = family_of(meta)
     full = family.full_sizes(config)
     low_rank = meta.get("low_rank", {})
     if low_rank:

@@ -66,7 +66,7 @@ def param_cost_fn(nested):
     per_layer = []  # per layer: (rest terms, [(out_roles, in_role, has_bias, LowRankLinear | None)])
     for layer in layers._modules.values():
         projections, projected = [], set()
-        for path, proj in family.projections.items():
+        for path, proj in family.layer_projections(layer).items():
             module = layer.get_submodule(path)
             low_rank = module if isinstance(module, LowRankLinear) else None
             projections.append((proj.out_roles, proj.in_role, module.base_layer.bias is not None, low_rank))

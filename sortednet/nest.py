@@ -29,8 +29,18 @@ from .spec import NestingSpace, Subnet
 WRAPPERS = (SlicedLinear, SlicedNorm, SlicedEmbedding, SlicedOutput)
 
 
-def nest(model: nn.Module, space: NestingSpace | str | Mapping[str, Any]) -> NestedModel:
-    """Wrap `model` in place so that every subnet of `space` can run; at the largest it is unchanged."""
+def nest(
+    model: nn.Module,
+    space: NestingSpace | str | Mapping[str, Any],
+    *,
+    family: Family | None = None,
+    check: bool | None = None,
+) -> NestedModel:
+    """Wrap `model` in place so that every subnet of `space` can run; at the largest it is unchanged.
+
+    `family` defaults to the one registered for `config.model_type`. A family not marked `verified` is first
+    checked on a tiny random model of the same class (`sortednet.testing.quick_check`, well under a second,
+    once per process); `check=True` runs that check for any family, `check=False` skips it."""
     if isinstance(model, NestedModel) or any(isinstance(m, SlicedLinear) for m in model.modules()):
         raise ValueError("model is already nested; nest the original model once (or call unnest() first)")
     if not isinstance(space, NestingSpace):
@@ -38,13 +48,18 @@ def nest(model: nn.Module, space: NestingSpace | str | Mapping[str, Any]) -> Nes
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "base_model"):
         raise ValueError(f"nest() takes a transformers PreTrainedModel; got {type(model).__name__}")
-    family = family_for(config)
+    family = family or family_for(config)
     full = family.full_sizes(config)
     if "rank" in space.dims:
         layer = model.base_model.get_submodule(family.layers)[0]
-        targets = family.rank_targets(space.rank_targets)
+        present = family.layer_projections(layer)
+        targets = [path for path in family.rank_targets(space.rank_targets) if path in present]
         full["rank"] = max(min(layer.get_submodule(path).weight.shape) for path in targets)
     bound = space.bind(full, lambda d, v: family.resolve(full, d, v), None)  # every check, before any change
+    if check or (check is None and not family.verified):
+        from .testing import quick_check
+
+        quick_check(family, model, bound.dims)
     nested = NestedModel(model, bound, family, full)
     bound.set_cost(param_cost_fn(nested))
     return nested
@@ -81,7 +96,7 @@ class NestedModel(nn.Module):
         )
         absolute = bool(low_rank) and isinstance(self.space.values["rank"][0], int)
         for layer in layers._modules.values():
-            for path, proj in self.family.projections.items():
+            for path, proj in self.family.layer_projections(layer).items():
                 owner_path, _, attr = path.rpartition(".")
                 owner = layer.get_submodule(owner_path) if owner_path else layer
                 blocks, offset = [], 0

@@ -6,7 +6,7 @@ import struct
 import pytest
 import torch
 from safetensors.torch import save_file
-from tiny import FAMILIES, HEAD_DIM_FAMILIES, build, inputs, output
+from tiny import FAMILIES, build, exports_fewer_heads, family, inputs, output, space
 
 import sortednet as sn
 
@@ -14,18 +14,21 @@ SPACE = sn.NestingSpace(depth=[2, 4], ffn=[0.5, 1.0], heads=[2, 4])
 
 
 def export_subnet(name):
-    return "depth=2,ffn=0.5,heads=2" if name in HEAD_DIM_FAMILIES else "depth=2,ffn=0.5,heads=4"
+    if "heads" not in family(name).dims:
+        return "depth=2,ffn=0.5"
+    return "depth=2,ffn=0.5,heads=2" if exports_fewer_heads(name) else "depth=2,ffn=0.5,heads=4"
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_save_load_and_load_submodel(name, tmp_path):
-    nested = sn.nest(build(name), SPACE)
+    nested = sn.nest(build(name), space(name, **SPACE.values))
     batch = inputs(name)
     path = tmp_path / "run.safetensors"
     nested.save(path, metadata={"note": "hello"})
     loaded = sn.load(path)
     assert loaded.space == nested.space and loaded.metadata["note"] == "hello"
-    for subnet in (SPACE.largest, SPACE.smallest, export_subnet(name)):
+    assert loaded.family == nested.family and "family" not in loaded.metadata
+    for subnet in (nested.space.largest, nested.space.smallest, export_subnet(name)):
         with torch.no_grad(), nested.use(subnet), loaded.use(subnet):
             assert torch.equal(output(loaded, batch), output(nested, batch))
     subnet = export_subnet(name)

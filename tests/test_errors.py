@@ -58,13 +58,17 @@ def test_bad_space_for_model(name, space, message):
 
 
 def test_unknown_family_lists_the_supported_ones():
-    model = T.DistilBertModel(T.DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32))
+    config = T.OlmoConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2)
+    model = T.OlmoModel(config)
     with pytest.raises(ValueError) as err:
         sn.nest(model, sn.NestingSpace(depth=[1]))
     msg = str(err.value)
-    assert "model family 'distilbert' (config.model_type) is not supported" in msg
-    assert "bert, deit, gpt2, llama, mistral, qwen2, roberta, vit" in msg
-    assert "sortednet.families.register" in msg
+    assert "model family 'olmo' (config.model_type) is not supported" in msg
+    assert (
+        "bert, deberta-v2, deit, distilbert, gemma, gemma2, gemma3_text, gpt2, llama, mistral, phi3, qwen2, "
+        "qwen3, roberta, vit, xlm-roberta;" in msg
+    )
+    assert "sortednet.testing.check_family" in msg and "sortednet.families.register" in msg
 
 
 def test_not_a_transformers_model():

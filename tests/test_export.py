@@ -6,7 +6,7 @@ import sys
 import textwrap
 
 import torch
-from tiny import FAMILIES, HEAD_DIM_FAMILIES, build, inputs, output
+from tiny import FAMILIES, build, exports_fewer_heads, family, inputs, output, space
 
 import sortednet as sn
 
@@ -32,8 +32,9 @@ LOADER = textwrap.dedent(
 
 def test_save_pretrained_folders_load_without_sortednet(tmp_path):
     for name in FAMILIES:
-        nested = sn.nest(build(name), sn.NestingSpace(depth=[2, 4], ffn=[0.5, 1.0], heads=[2, 4]))
-        subnet = "depth=2,ffn=0.5,heads=2" if name in HEAD_DIM_FAMILIES else "depth=2,ffn=0.5"
+        nested = sn.nest(build(name), space(name, depth=[2, 4], ffn=[0.5, 1.0], heads=[2, 4]))
+        heads = "heads" in family(name).dims and exports_fewer_heads(name)
+        subnet = "depth=2,ffn=0.5,heads=2" if heads else "depth=2,ffn=0.5"
         batch = inputs(name)
         with torch.no_grad(), nested.use(subnet):
             want = output(nested, batch)

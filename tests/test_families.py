@@ -1,19 +1,24 @@
-"""Per family: largest == original, every subnet extracts exactly, heads/depth really slice, configs consistent."""
+"""Per family: largest == original, every subnet extracts exactly, heads/depth really slice, configs consistent.
+
+Parametrised over every tiny model in tests/tiny.py (one or more per registered model type); each uses the
+dimensions its family nests."""
 
 import pytest
 import torch
-from tiny import FAMILIES, HEAD_DIM_FAMILIES, build, inputs, output
+from tiny import FAMILIES, build, exports_fewer_heads, family, inputs, output, space
 
 import sortednet as sn
 
 SPACE = dict(depth=[2, 4], ffn=[0.5, 1.0], heads=[2, 4])
+WITH_HEADS = [name for name in FAMILIES if "heads" in family(name).dims]
+WITH_HIDDEN = [name for name in FAMILIES if "hidden" in family(name).dims]
 
 
 def nested_pair(name):
     model = build(name)
     batch = inputs(name)
     ref = output(model, batch).detach()
-    return sn.nest(model, sn.NestingSpace(**SPACE)), batch, ref
+    return sn.nest(model, space(name, **SPACE)), batch, ref
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -30,7 +35,7 @@ def test_every_subnet_extracts_exactly(name):
     exported = 0
     for subnet in nested.space.subnets():
         sizes = nested.sizes(subnet)
-        if name not in HEAD_DIM_FAMILIES and sizes["heads"] < nested.full["heads"]:
+        if not exports_fewer_heads(name) and sizes["heads"] < nested.full["heads"]:
             with pytest.raises(ValueError, match="cannot be exported as a plain .*head_dim"):
                 nested.extract(subnet)
             continue
@@ -40,15 +45,16 @@ def test_every_subnet_extracts_exactly(name):
             want = output(nested, batch)
         got = output(small, batch)
         assert (got - want).abs().max().item() <= 1e-5, subnet
-        cfg, full = small.config, nested.full
-        assert cfg.num_hidden_layers == sizes["depth"]
-        assert cfg.num_attention_heads == sizes["heads"]
-        ffn = cfg.n_inner if name == "gpt2" else cfg.intermediate_size
-        assert ffn == sizes["ffn"]
-        if hasattr(cfg, "num_key_value_heads"):
-            assert cfg.num_key_value_heads == sizes["heads"] * full["kv_heads"] // full["heads"]
-        if name in HEAD_DIM_FAMILIES:
-            assert cfg.head_dim == full["head_dim"]
+        cfg, full, keys = small.config, nested.full, nested.family.config_keys
+        assert getattr(cfg, keys["depth"]) == sizes["depth"]
+        assert getattr(cfg, keys["heads"]) == sizes["heads"]
+        assert getattr(cfg, keys["ffn"]) == sizes["ffn"]
+        if "kv_heads" in keys:
+            assert getattr(cfg, keys["kv_heads"]) == sizes["heads"] * full["kv_heads"] // full["heads"]
+        if exports_fewer_heads(name):
+            assert getattr(cfg, nested.family.head_dim_key) == full["head_dim"]
+        if isinstance(getattr(cfg, "layer_types", None), list):
+            assert cfg.layer_types == nested.model.config.layer_types[: sizes["depth"]]
         assert small.num_parameters() == nested.num_params(subnet)
         assert all(p.is_contiguous() for p in small.parameters())
         nested_ptrs = {p.untyped_storage().data_ptr() for p in nested.parameters()}
@@ -57,20 +63,28 @@ def test_every_subnet_extracts_exactly(name):
     assert exported >= 4
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", WITH_HEADS)
 def test_fewer_heads_equal_the_full_model_with_those_heads_cut(name):
     """Reference without sortednet: zero the output projection's inputs from the dropped heads."""
     nested, batch, _ = nested_pair(name)
     reference = build(name)
     heads, head_dim = 2, nested.full["head_dim"]
+    out_proj = {  # the projection each family's heads feed, and whether it stores (in, out)
+        "bert": "attention.output.dense.weight",
+        "deberta-v2": "attention.output.dense.weight",
+        "distilbert": "attention.out_lin.weight",
+        "llama": "self_attn.o_proj.weight",
+        "qwen3": "self_attn.o_proj.weight",
+        "gemma": "self_attn.o_proj.weight",
+        "vit": "attention.o_proj.weight",
+        "gpt2": "attn.c_proj.weight",
+    }[nested.family.name]
     with torch.no_grad():
         for key, weight in reference.state_dict().items():
-            if key.endswith(
-                ("attention.output.dense.weight", "self_attn.o_proj.weight", "attention.o_proj.weight")
-            ):
-                weight[:, heads * head_dim :] = 0
-            elif key.endswith("attn.c_proj.weight"):  # GPT-2 Conv1D: (in, out)
+            if key.endswith(out_proj) and name == "gpt2":  # Conv1D: (in, out)
                 weight[heads * head_dim :, :] = 0
+            elif key.endswith(out_proj):
+                weight[:, heads * head_dim :] = 0
         want = output(reference, batch)
         with nested.use(f"heads={heads}"):
             got = output(nested, batch)
@@ -156,13 +170,14 @@ def test_generate_runs_under_a_subnet():
 HIDDEN_SPACE = dict(depth=[2, 4], hidden=[16, 24, 32], heads=[2, 3, 4], ffn=[0.5, 1.0])
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", WITH_HIDDEN)
 def test_hidden_nesting_is_exact_at_full_width_and_extracts(name):
     model = build(name)
     batch = inputs(name)
     ref = output(model, batch).detach()
-    space = dict(HIDDEN_SPACE, heads=[2, 4]) if name in ("llama", "qwen2", "mistral") else HIDDEN_SPACE
-    nested = sn.nest(model, sn.NestingSpace(**space))
+    grouped = "kv_heads" in family(name).config_keys  # grouped-query attention: heads in whole groups
+    values = dict(HIDDEN_SPACE, heads=[2, 4]) if grouped else HIDDEN_SPACE
+    nested = sn.nest(model, space(name, **values))
     with torch.no_grad():
         assert (output(nested, batch) - ref).abs().max().item() <= 1e-6
     exported = 0
@@ -171,12 +186,12 @@ def test_hidden_nesting_is_exact_at_full_width_and_extracts(name):
         with torch.no_grad(), nested.use(subnet):
             want = output(nested, batch)
         assert torch.isfinite(want).all()
-        if name not in HEAD_DIM_FAMILIES and sizes["hidden"] != sizes["heads"] * nested.full["head_dim"]:
+        if not exports_fewer_heads(name) and sizes["hidden"] != sizes["heads"] * nested.full["head_dim"]:
             with pytest.raises(ValueError, match=r"cannot be exported as a plain .* hidden = heads x 8"):
                 nested.extract(subnet)
             continue
         small = nested.extract(subnet)
-        assert small.config.hidden_size == sizes["hidden"]
+        assert getattr(small.config, nested.family.config_keys["hidden"]) == sizes["hidden"]
         with torch.no_grad():
             assert (output(small, batch) - want).abs().max().item() <= 1e-5, subnet
         assert small.num_parameters() == nested.num_params(subnet), subnet

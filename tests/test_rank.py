@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from tiny import FAMILIES, HEAD_DIM_FAMILIES, build, inputs, output
+from tiny import FAMILIES, build, exports_fewer_heads, inputs, output, space
 from torch import nn
 
 import sortednet as sn
@@ -19,15 +19,16 @@ def test_full_rank_reproduces_the_original_and_subnets_extract_exactly(name):
     batch = inputs(name)
     with torch.no_grad():
         ref = output(model, batch)
-    nested = sn.nest(model, sn.NestingSpace(**SPACE))
+    nested = sn.nest(model, space(name, **SPACE))
+    layers = nested.model.base_model.get_submodule(nested.family.layers)
     modules = nested.low_rank_modules()
-    assert len(modules) == 4 * len(nested.family.projections)
+    assert len(modules) == 4 * len(nested.family.layer_projections(layers[0]))
     assert all(m.base_layer.weight is None for m in modules.values())
     with torch.no_grad():
         assert (output(nested, batch) - ref).abs().max().item() <= 1e-5 * ref.abs().max().item()
     assert nested.num_params(nested.space.largest) == sum(p.numel() for p in build(name).parameters())
     for subnet in nested.space.subnets()[::3]:
-        if name not in HEAD_DIM_FAMILIES and nested.sizes(subnet)["heads"] < 4:
+        if not exports_fewer_heads(name) and nested.sizes(subnet)["heads"] < 4:
             continue
         small = nested.extract(subnet)
         with torch.no_grad(), nested.use(subnet):
@@ -35,10 +36,9 @@ def test_full_rank_reproduces_the_original_and_subnets_extract_exactly(name):
             assert (output(small, batch) - want).abs().max().item() <= 1e-5, subnet
         # params count each factorised projection as min(r (out + in), out x in)
         dense, factored = 0, 0
-        layers = nested.model.base_model.get_submodule(nested.family.layers)
         with nested.use(subnet):
             for layer in list(layers):
-                for path in nested.family.projections:
+                for path in nested.family.layer_projections(layer):
                     m = layer.get_submodule(path)
                     out, fan_in = sum(m._block_widths()), getattr(nested.state, m.in_role)
                     dense += out * fan_in

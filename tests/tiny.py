@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import transformers as T
+
+import sortednet as sn
+from sortednet.families import Family, family_for
 
 VOCAB = 64
 
@@ -17,6 +22,20 @@ def _text(**kw):
         intermediate_size=48,
         **kw,
     )
+
+
+_TOKENS = dict(pad_token_id=0, bos_token_id=0, eos_token_id=0)
+# sliding windows shorter than the inputs, and both attention kinds within the first two layers
+_SLIDING = dict(sliding_window=4, layer_types=["sliding_attention", "full_attention"] * 2)
+_GEMMA = dict(num_key_value_heads=2, head_dim=8, **_SLIDING)
+# DeBERTa-v3's attention: relative positions in buckets, shared keys, both disentangled terms
+DEBERTA_V3 = dict(
+    relative_attention=True,
+    pos_att_type=["p2c", "c2p"],
+    position_buckets=8,
+    share_att_key=True,
+    norm_rel_ebd="layer_norm",
+)
 
 
 def _image(**kw):
@@ -49,9 +68,45 @@ BUILDERS = {
     "mistral": lambda: T.MistralForCausalLM(T.MistralConfig(**_text(num_key_value_heads=2))),
     "vit": lambda: T.ViTForImageClassification(T.ViTConfig(**_image())),
     "deit": lambda: T.DeiTForImageClassification(T.DeiTConfig(**_image())),
+    "xlm-roberta": lambda: T.XLMRobertaForSequenceClassification(
+        T.XLMRobertaConfig(**_text(num_labels=3, pad_token_id=1, max_position_embeddings=40))
+    ),
+    "qwen3": lambda: T.Qwen3ForCausalLM(T.Qwen3Config(**_text(num_key_value_heads=2, head_dim=8))),
+    "phi3": lambda: T.Phi3ForCausalLM(T.Phi3Config(**_text(num_key_value_heads=2, **_TOKENS))),
+    "gemma": lambda: T.GemmaForCausalLM(T.GemmaConfig(**_text(num_key_value_heads=2, head_dim=8))),
+    "gemma2": lambda: T.Gemma2ForCausalLM(T.Gemma2Config(**_text(**_GEMMA))),
+    "gemma3_text": lambda: T.Gemma3ForCausalLM(T.Gemma3TextConfig(**_text(**_GEMMA))),
+    "distilbert": lambda: T.DistilBertForSequenceClassification(
+        T.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=4, n_heads=4, hidden_dim=48, num_labels=3)
+    ),
+    "deberta-v2": lambda: T.DebertaV2ForSequenceClassification(
+        T.DebertaV2Config(**_text(num_labels=3, pooler_hidden_size=32, **DEBERTA_V3))
+    ),
 }
 FAMILIES = list(BUILDERS)
-HEAD_DIM_FAMILIES = {"llama", "qwen2", "mistral", "vit", "deit"}
+
+# check_family's tiny config for these model types (their defaults would leave a feature unexercised)
+CHECK_OVERRIDES = {
+    "gemma2": _SLIDING,
+    "gemma3_text": _SLIDING,
+    "deberta-v2": DEBERTA_V3,
+}
+
+
+@functools.cache
+def family(name: str) -> Family:
+    return family_for(BUILDERS[name]().config)
+
+
+def space(name: str, **dims) -> sn.NestingSpace:
+    """The nesting space of `dims` that the family of `name` supports."""
+    supported = family(name).dims
+    return sn.NestingSpace({d: v for d, v in dims.items() if d in supported})
+
+
+def exports_fewer_heads(name: str) -> bool:
+    """The family writes the head size into the config, so fewer-heads sub-models export."""
+    return family(name).head_dim_in_config
 
 
 def build(name: str, seed: int = 0) -> torch.nn.Module:

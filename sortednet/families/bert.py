@@ -1,10 +1,10 @@
-"""BERT, RoBERTa and MiniLM (model_type "bert"): encoder layers under `encoder.layer`."""
+"""BERT, RoBERTa, XLM-RoBERTa and MiniLM (model_type "bert"): encoder layers under `encoder.layer`."""
 
 from .base import Family, Projection
 
 BERT = Family(
     name="bert",
-    model_types=("bert", "roberta"),
+    model_types=("bert", "roberta", "xlm-roberta"),
     layers="encoder.layer",
     projections={
         "attention.self.query": Projection(("q",), "hidden"),
@@ -21,4 +21,5 @@ BERT = Family(
         "hidden": "hidden_size",
     },
     head_dim_in_config=False,
+    verified=True,  # check_family passes in tests/test_family_check.py
 )

@@ -15,4 +15,5 @@ GPT2 = Family(
     config_keys={"depth": "n_layer", "heads": "n_head", "ffn": "n_inner", "hidden": "n_embd"},
     head_dim_in_config=False,
     layer_attrs={"attn.split_size": "q"},  # GPT2Attention splits c_attn's output in blocks of split_size
+    verified=True,  # check_family passes in tests/test_family_check.py
 )

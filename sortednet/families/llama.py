@@ -23,4 +23,5 @@ LLAMA = Family(
         "hidden": "hidden_size",
     },
     head_dim_in_config=True,
+    verified=True,  # check_family passes in tests/test_family_check.py
 )

@@ -22,4 +22,5 @@ VIT = Family(
     },
     head_dim_in_config=True,
     hidden_outputs=("embeddings",),  # cls token + patch projection + position embeddings, per feature
+    verified=True,  # check_family passes in tests/test_family_check.py
 )
