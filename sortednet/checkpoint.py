@@ -22,7 +22,7 @@ from torch import nn
 from . import hf
 from .atomic import atomic_write
 from .families import Family, family_for, registered
-from .nest import NestedModel, build_submodel, factorized_ranks, nest
+from .nest import NestedModel, build_submodel, factorized_ranks, nest, pooled_refusal
 from .spec import NestingSpace, Subnet
 
 FORMAT = "sortednet"
@@ -52,6 +52,7 @@ def save(nested: NestedModel, path: str | os.PathLike, metadata: Mapping[str, An
         "family": nested.family.to_dict(),
         "aliases": aliases,
         "low_rank": nested.low_rank_info(),
+        "options": nested.options,
         # tensors holding NaN or inf (a diverged run): sortednet-select and -export refuse such a checkpoint
         "nonfinite": [
             k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())
@@ -200,7 +201,9 @@ def load(path: str | os.PathLike) -> NestedModel:
     config = hf.config_from_dict(meta["config"])
     model = hf.empty_model(hf.model_class(meta["model_class"]), config)
     space = NestingSpace.from_dict(meta["space"])
-    nested = nest(model, space, family=family_of(meta))  # factorised layers get meta-device factors
+    options = meta.get("options") or {}
+    # factorised layers get meta-device factors
+    nested = nest(model, space, family=family_of(meta), pooling=options.get("pooling"))
     aliases = meta.get("aliases", {})
     with safe_open(str(path), framework="pt") as f:
         hf.fill_model(
@@ -221,6 +224,7 @@ _OWN_KEYS = {
     "family",
     "aliases",
     "low_rank",
+    "options",
     "nonfinite",
     "_keys",
 }
@@ -234,6 +238,13 @@ def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
     """The plain transformers model of one subnet, reading only that subnet's slices of the file."""
     path = resolve(path)
     meta = read_metadata(path)
+    if (meta.get("options") or {}).get("pooling") == "mean":
+        raise ValueError(pooled_refusal("load_submodel()", meta["model_class"]))
+    return read_submodel(path, meta, subnet)
+
+
+def read_submodel(path: Path, meta: Mapping[str, Any], subnet: Subnet | str) -> nn.Module:
+    """`load_submodel` without the pooling check (the model's own head reads [CLS])."""
     config = hf.config_from_dict(meta["config"])
     family = family_of(meta)
     full = family.full_sizes(config)

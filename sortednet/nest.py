@@ -24,6 +24,8 @@ from .layers import (
     SlicedOutput,
     layer_rank,
 )
+from .pooling import apply as apply_pooling
+from .pooling import check_pooling
 from .spec import NestingSpace, Subnet
 
 WRAPPERS = (SlicedLinear, SlicedNorm, SlicedEmbedding, SlicedOutput)
@@ -35,8 +37,12 @@ def nest(
     *,
     family: Family | None = None,
     check: bool | None = None,
+    pooling: str | None = None,
 ) -> NestedModel:
     """Wrap `model` in place so that every subnet of `space` can run; at the largest it is unchanged.
+
+    `pooling="mean"`: the model's own first-token head (BERT's pooler, RoBERTa's classification head) reads the
+    masked mean of the last hidden states instead of [CLS] (sortednet.pooling), for encoders trained that way.
 
     `family` defaults to the one registered for `config.model_type`. A family not marked `verified` is first
     checked on a tiny random model of the same class (`sortednet.testing.quick_check`, well under a second,
@@ -56,11 +62,13 @@ def nest(
         targets = [path for path in family.rank_targets(space.rank_targets) if path in present]
         full["rank"] = max(min(layer.get_submodule(path).weight.shape) for path in targets)
     bound = space.bind(full, lambda d, v: family.resolve(full, d, v), None)  # every check, before any change
+    check_pooling(model, pooling)
     if check or (check is None and not family.verified):
         from .testing import quick_check
 
         quick_check(family, model, bound.dims)
-    nested = NestedModel(model, bound, family, full)
+    options = {"pooling": pooling} if pooling == "mean" else {}
+    nested = NestedModel(model, bound, family, full, options)
     bound.set_cost(param_cost_fn(nested))
     return nested
 
@@ -69,10 +77,16 @@ class NestedModel(nn.Module):
     """An unmodified transformers model with sliceable layers; `use(subnet)` picks the sub-model that runs."""
 
     def __init__(
-        self, model: nn.Module, space: NestingSpace, family: Family, full: Mapping[str, int]
+        self,
+        model: nn.Module,
+        space: NestingSpace,
+        family: Family,
+        full: Mapping[str, int],
+        options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
+        self.options = dict(options or {})  # how the model was nested beyond its space: {"pooling": "mean"}
         self.space = space
         self.family = family
         self.full = dict(full)
@@ -81,6 +95,8 @@ class NestedModel(nn.Module):
         self._patched: list[tuple[nn.Module, str, str]] = []
         self._switch_cache: dict[Subnet | str, tuple[Subnet, dict[str, int]]] = {}
         self._inject()
+        if self.options.get("pooling") == "mean":
+            apply_pooling(model, check_pooling(model, "mean"))
         self._active = space.normalize(space.largest)
 
     # ---- injection ----------------------------------------------------------------------------
@@ -136,6 +152,7 @@ class NestedModel(nn.Module):
 
     def unnest(self) -> nn.Module:
         """Remove the wrappers and give back the plain full model (like PEFT's merge_and_unload)."""
+        self._refuse_pooled("unnest()")
         self.activate(self.space.largest)
         for name, module in list(self.model.named_modules()):
             if isinstance(module, LowRankLinear):  # fuse the factors back into one dense weight
@@ -216,6 +233,12 @@ class NestedModel(nn.Module):
     def extract(self, subnet: Subnet | str) -> nn.Module:
         """A plain transformers model of the same class, with the subnet's config and cloned weights.
         Factorised projections are fused to dense weights (no transformers config expresses them)."""
+        self._refuse_pooled("extract()")
+        return self.extract_plain(subnet)
+
+    def extract_plain(self, subnet: Subnet | str) -> nn.Module:
+        """`extract()` without the pooling check: with pooling="mean" the model's own head reads [CLS] (for the
+        exact form, see sortednet.sentence_export)."""
         source = self.base_state_dict()
         sizes = self.space.resolve(subnet)
         return build_submodel(
@@ -228,11 +251,24 @@ class NestedModel(nn.Module):
             factorized=factorized_ranks(self.low_rank_info(), self.full, sizes, self.space),
         )
 
+    def _refuse_pooled(self, what: str) -> None:
+        if self.options.get("pooling") == "mean":
+            raise ValueError(pooled_refusal(what, type(self.model).__name__))
+
     def save(self, path: str, metadata: Mapping[str, Any] | None = None) -> None:
         """Write every sub-model into one safetensors file (see `sortednet.load`)."""
         from .checkpoint import save
 
         save(self, path, metadata)
+
+
+def pooled_refusal(what: str, class_name: str) -> str:
+    return (
+        f"{what}: this model pools by mean (pooling='mean') and a plain {class_name} reads the first token, so no "
+        "plain transformers model gives its outputs; sortednet-export (sortednet.sentence_export.write) writes the "
+        "exact form: the encoder as a plain transformers model with mean pooling and the head as "
+        "sentence-transformers modules"
+    )
 
 
 def _replace(root: nn.Module, path: str, new: nn.Module) -> None:

@@ -144,7 +144,8 @@ def export_subnet(
     import torch
     from transformers.utils import logging as hf_logging
 
-    import sortednet as sn
+    from sortednet import sentence_export
+    from sortednet.checkpoint import read_submodel
     from sortednet.spec import NestingSpace, Subnet
 
     hf_logging.disable_progress_bar()
@@ -155,7 +156,8 @@ def export_subnet(
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     out = check_out_dir(out, force, protect=[path, run / "checkpoints"])
     subnet_obj = Subnet.parse(subnet)
-    model = sn.load_submodel(path, subnet_obj)  # checks the subnet against the space and the family
+    pooled = (meta.get("options") or {}).get("pooling") == "mean"
+    model = read_submodel(path, meta, subnet_obj)  # checks the subnet against the space and the family
     refuse_nonfinite(
         path,
         [*(meta.get("nonfinite") or []), *(n for n, p in model.named_parameters() if not p.isfinite().all())],
@@ -174,19 +176,24 @@ def export_subnet(
         "subnet": str(subnet_obj),
         "params": params,
         "dtype": DTYPES[dtype],
-        "model_class": type(model).__name__,
+        "model_class": type(model.base_model if pooled else model).__name__,
         "preprocessor": what,
         "rgb_from_grey": rgb,
         "evaluation": row,
         "global_step": meta.get("global_step"),
         "channels": getattr(model.config, "num_channels", None),
+        "pooling": "mean" if pooled else None,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model.save_pretrained(tmp)
-        if processor is not None:
-            processor.save_pretrained(tmp)
+        if pooled:  # no transformers class pools by mean: the exact sentence-transformers form
+            max_length = ((meta.get("train_config") or {}).get("data") or {}).get("max_length") or 512
+            sentence_export.write(model, tmp, max_length, processor)
+        else:
+            model.save_pretrained(tmp)
+            if processor is not None:
+                processor.save_pretrained(tmp)
         if chars is not None:  # sortednet's own CharTokenizer JSON too (CharTokenizer.load reads it)
             (tmp / "char_tokenizer.json").write_text(
                 json.dumps({"chars": chars}, ensure_ascii=False), "utf-8"
@@ -222,6 +229,12 @@ def report(info: Mapping[str, Any], out: str | Path) -> None:
         f"-> {out}/"
     )
     print(f"  {', '.join(info['files'])}")
+    if info.get("pooling") == "mean":
+        print(
+            "  pooling=mean: no transformers class pools by mean before this head, so this is the exact form: "
+            "AutoModel.from_pretrained(folder) loads the encoder, SentenceTransformer(folder).encode(texts) gives "
+            "the logits (mean pooling + the head as Dense modules)"
+        )
     print(f"  {info['preprocessor']}")
     if (
         "preprocessor_config.json" in info["files"]
