@@ -26,7 +26,8 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+from .recipes import CONF_DIR
+
 PROG = "sortednet-eval"
 
 

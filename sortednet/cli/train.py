@@ -1,6 +1,7 @@
 """sortednet-train: the Hydra application that trains a nested model with Lightning.
 
     sortednet-train                                    # the default recipe (experiment=digits_vit)
+    sortednet-train --list                             # the recipes; --copy NAME FILE.yaml, --config FILE.yaml
     sortednet-train experiment=shakespeare_gpt2 sampler=sandwich sampler.k=4 trainer.max_steps=100
     python -m sortednet.cli.train --cfg job            # print the composed config
 
@@ -26,13 +27,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..checks import number
 from ..nest import nest
+from ..pooling import POOLINGS
 from ..sampling import Sampler, make_sampler
 from ..spec import NestingSpace
 from ..train.models import offline_model_path
 from ..train.module import check_distill
 from ..train.options import Distill, Optim, Train, check_trainer
+from .recipes import CONF_DIR, handle
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 OmegaConf.register_new_resolver("offline_model", offline_model_path, replace=True)
 PROGRESS = ("rich", "tqdm", "none")
 
@@ -90,6 +92,10 @@ def check_config(cfg: DictConfig) -> Checked:
             f"callbacks.progress={cfg.callbacks.progress!r} is unknown; allowed: {', '.join(PROGRESS)}"
         )
     check_pretrained(cfg.model.get("pretrained"))
+    if cfg.model.get("pooling") not in (None, *POOLINGS):
+        raise ValueError(
+            f"model.pooling={cfg.model.pooling!r} is unknown; allowed: {', '.join(POOLINGS)} or null"
+        )
     if cfg.ckpt_path:
         from ..train.checkpoint_io import check_resume
 
@@ -122,7 +128,7 @@ def build(cfg: DictConfig, checked: Checked):
     )
     # from_pretrained returns modules in eval mode; fine-tuning runs with dropout, as transformers' Trainer does
     model.train(model_cfg.get("train_mode", True))
-    nested = nest(model, checked.space)
+    nested = nest(model, checked.space, pooling=model_cfg.get("pooling"))
     sampler = make_sampler(cfg.sampler.name, nested.space, **sampler_options(cfg))
     module = SortedNetModule(
         nested,
@@ -319,8 +325,16 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     run(cfg)
+
+
+def main() -> None:
+    """`sortednet-train`: Hydra's command line, plus --list, --copy NAME FILE.yaml and --config FILE.yaml."""
+    argv = handle(sys.argv[1:])
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+        hydra_main()
 
 
 if __name__ == "__main__":
