@@ -29,7 +29,7 @@ from pathlib import Path
 OUT = Path(__file__).parent / "out" / "faults"
 TRAIN = [
     "callbacks.checkpoint.every_n_train_steps=1",
-    "callbacks.progress=none",
+    "callbacks.progress=null",
     "callbacks.eval.enabled=false",
     "eval_table.enabled=false",
     "trainer.val_check_interval=100000",

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .checks import number
 from .spec import NestingSpace, Subnet
 
 WEIGHTINGS = ("uniform", "linear", "inverse", "geometric")
@@ -21,9 +22,8 @@ class Sampler:
     guarantees_largest = False  # the largest subnet is in every draw (needed for in-place distillation)
 
     def __init__(self, space: NestingSpace, k: int = 1, seed: int = 0) -> None:
-        if k < 1:
-            raise ValueError(f"sampler.k={k} is below 1; allowed: 1..{len(space)}")
-        self.space, self.k, self.seed = space, int(k), int(seed)
+        number("sampler.k", k, int, low=1, high=len(space))
+        self.space, self.k, self.seed = space, int(k), int(number("seed", seed, int, low=0))
         self.ordered = space.subnets()
         self.largest = space.normalize(space.largest)
         self.smallest = space.normalize(space.smallest)
@@ -172,11 +172,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
 
 
 def make_sampler(name: str, space: NestingSpace, **options: Any) -> Sampler:
+    """The sampler called `name` (the Python API; the CLI instantiates `sampler._target_`)."""
     if name not in SAMPLERS:
-        raise ValueError(f"sampler.name={name!r} is unknown; allowed: {', '.join(SAMPLERS)}")
-    cls = SAMPLERS[name]
-    if name != "all" and options.get("k", 1) > len(space):
-        raise ValueError(
-            f"sampler.k={options['k']} exceeds the {len(space)} subnets of the space; allowed: 1..{len(space)}"
-        )
-    return cls(space, **options)
+        raise ValueError(f"sampler {name!r} is unknown; allowed: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name](space, **options)

@@ -52,7 +52,7 @@ def refused(cfg, capsys) -> str:
         ("trainer.accelerator=gpu", r"trainer.accelerator='gpu' but this machine has no GPU"),
         ("trainer.precision=8-bit", r"trainer.precision='8-bit' is unknown"),
         ("model.pretrained=/no/such/model", r"model.pretrained='/no/such/model' does not exist"),
-        ("callbacks.progress=fancy", r"callbacks.progress='fancy' is unknown; allowed: rich, tqdm, none"),
+        ("callbacks.checkpoint._target_=nope.Bar", r"Error loading 'nope.Bar'"),
         ("+data.nope=1", r"TypeError: .*unexpected keyword argument 'nope'"),
     ],
 )
@@ -62,6 +62,27 @@ def test_bad_values_are_refused_in_one_line(override, message, tmp_path, capsys)
     err = refused(config(tmp_path, override), capsys)
     assert re.search(message, err), err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "sampler=nope",
+            "Could not find 'sampler/nope' Available options in 'sampler': all, budget, sandwich, sorted, uniform",
+        ),
+        ("trainer.nope=1", "Could not override 'trainer.nope'. To append to your config use +trainer.nope=1"),
+        ("nesting.depth=[2,4", "no viable alternative at input '[2,4'"),
+    ],
+)
+def test_hydra_errors_are_one_line_too(override, message, capsys):
+    from sortednet.cli.train import check_overrides
+
+    with pytest.raises(SystemExit) as exit_info:
+        check_overrides([override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err, err
 
 
 def test_subnet_weights_on_the_command_line(tmp_path):

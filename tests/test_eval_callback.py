@@ -14,7 +14,7 @@ QUICK = [
     "trainer.max_steps=4",
     "trainer.val_check_interval=2",
     "trainer.limit_val_batches=1",
-    "callbacks.progress=none",
+    "callbacks.progress=null",
     "eval_table.enabled=false",
 ]
 

@@ -10,13 +10,13 @@ import sortednet as sn
 from sortednet.cli.train import CONF_DIR, run
 from sortednet.train.models import offline_model_path
 
-RECIPES = sorted(p.stem for p in (CONF_DIR.parent / "recipes").glob("*.yaml"))
+RECIPES = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 COMMON = [
     "trainer.max_steps=2",
     "trainer.val_check_interval=2",
     "trainer.limit_val_batches=2",
     "callbacks.checkpoint.every_n_train_steps=2",
-    "callbacks.progress=none",
+    "callbacks.progress=null",
     "eval_table.max_batches=2",
 ]
 TINY_LLAMA = [
@@ -92,10 +92,11 @@ def test_every_recipe_is_listed():
         "sortednet_bert_glue",
     ]
     for name in RECIPES:
-        head = (CONF_DIR.parent / "recipes" / f"{name}.yaml").read_text().splitlines()[:2]
+        head = (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()[:3]
         assert head[0] == "# @package _global_" and head[1].startswith(
             f"# Launch: sortednet-train experiment={name}"
         )
+        assert head[2].startswith("# ") and len(head[2]) <= 100  # the one-line summary --list prints
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -99,8 +99,8 @@ def test_budget_visits_every_cost_stratum_each_step(space):
 @pytest.mark.parametrize(
     "name, options, message",
     [
-        ("nope", {}, r"sampler.name='nope' is unknown; allowed: all, uniform, sandwich, sorted, budget"),
-        ("uniform", {"k": 30}, r"sampler.k=30 exceeds the 24 subnets of the space"),
+        ("nope", {}, r"sampler 'nope' is unknown; allowed: all, uniform, sandwich, sorted, budget"),
+        ("uniform", {"k": 30}, r"sampler.k=30 is above 24; allowed: an int >= 1 and <= 24"),
         ("uniform", {"k": 0}, r"sampler.k=0 is below 1"),
         ("sandwich", {"k": 1}, r"sampler.k=1 is too small for sampler=sandwich"),
         ("sorted", {"weighting": "cubic"}, r"sampler.weighting='cubic' is unknown"),

@@ -25,7 +25,7 @@ def test_offline_run_folder_holds_the_evaluation_table(tmp_path):
         "logger=wandb",
         "trainer.max_steps=2",
         "trainer.val_check_interval=2",
-        "callbacks.progress=none",
+        "callbacks.progress=null",
         "eval_table.max_batches=1",
         f"hydra.run.dir={run}",
     ]

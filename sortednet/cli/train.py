@@ -16,6 +16,7 @@ import itertools
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,24 +28,23 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..checks import number
 from ..nest import nest
-from ..pooling import POOLINGS
-from ..sampling import Sampler, make_sampler
+from ..sampling import Sampler
 from ..spec import NestingSpace
-from ..train.models import offline_model_path
+from ..train.models import ModelSpec, offline_model_path
 from ..train.module import check_distill
-from ..train.options import Distill, Optim, Train, check_trainer
+from ..train.options import Optim, Train, check_trainer
 from .recipes import CONF_DIR, handle
 
 OmegaConf.register_new_resolver("offline_model", offline_model_path, replace=True)
-PROGRESS = ("rich", "tqdm", "none")
 
 
 @dataclass
 class Checked:
-    """What check_config built from the config: the values the rest of the run uses."""
+    """What check_config made from the config: the values the rest of the run uses."""
 
+    model: ModelSpec
     space: NestingSpace
-    sampler: Sampler
+    make_sampler: Callable[[NestingSpace], Sampler]
     optim: Optim
     train: Train
 
@@ -53,87 +53,73 @@ def container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
-def sampler_options(cfg: DictConfig) -> dict[str, Any]:
-    options = {k: v for k, v in container(cfg.sampler).items() if k != "name"}
-    return {**options, "seed": cfg.seed}
+def make(node: Any, **kwargs: Any) -> Any:
+    """A config group's object, from its `_target_` (lists and dicts as plain Python values)."""
+    return hydra.utils.instantiate(node, _convert_="all", **kwargs)
+
+
+def callback_configs(cfg: DictConfig) -> dict[str, Any]:
+    """The `callbacks` entries that are on: not null, not `enabled: false`."""
+    entries = container(cfg.callbacks) or {}
+    return {
+        name: {k: v for k, v in entry.items() if k != "enabled"}
+        for name, entry in entries.items()
+        if entry is not None and entry.get("enabled", True)
+    }
 
 
 def check_config(cfg: DictConfig) -> Checked:
-    """Everything that can be checked before a file is written or a model is built; one-line ValueErrors."""
+    """Everything that can be checked before a file is written or a model is built; one-line ValueErrors. Each
+    group's object checks its own values when made (ModelSpec, NestingSpace, the sampler, Optim, Train)."""
     number("seed", cfg.seed, int, low=0)
-    space = NestingSpace(container(cfg.nesting))
-    sampler = make_sampler(cfg.sampler.name, space, **sampler_options(cfg))
+    model = make(cfg.model)
+    space = make(cfg.nesting)
+    sampler_for = make(cfg.sampler, seed=cfg.seed)
+    sampler = sampler_for(space)
     for subnet in cfg.val.subnets or []:
         try:
             space.normalize(subnet)
         except ValueError as err:
             raise ValueError(f"val.subnets: {err}") from None
     train_cfg = container(cfg.train)
-    train = Train(
-        accumulate=train_cfg["accumulate"],
-        grad_clip=train_cfg["grad_clip"],
-        subnet_weights=train_cfg.get("subnet_weights") or {},
-        distill=Distill(**train_cfg["distill"]),
-        max_nonfinite_steps=train_cfg.get("max_nonfinite_steps", 3),
-    )
+    rank = train_cfg.pop("rank", None)
+    train = Train(**train_cfg)
     for subnet in train.subnet_weights:
         space.normalize(subnet)
     check_distill(train.distill.enabled, sampler)
     if "rank" in space.dims:
         from ..train.maestro import MaestroCallback
 
-        MaestroCallback(**train_cfg["rank"])  # checks the options
+        MaestroCallback(**rank)  # checks the options
     from ..train.eval_callback import check_eval_callback
 
-    check_eval_callback(cfg.callbacks.get("eval"), space)
-    check_trainer(container(cfg.trainer))
-    if cfg.callbacks.get("progress", "rich") not in PROGRESS:
-        raise ValueError(
-            f"callbacks.progress={cfg.callbacks.progress!r} is unknown; allowed: {', '.join(PROGRESS)}"
-        )
-    check_pretrained(cfg.model.get("pretrained"))
-    if cfg.model.get("pooling") not in (None, *POOLINGS):
-        raise ValueError(
-            f"model.pooling={cfg.model.pooling!r} is unknown; allowed: {', '.join(POOLINGS)} or null"
-        )
+    callbacks = callback_configs(cfg)
+    for entry in callbacks.values():  # a misspelt class fails here, before the data and the model load
+        hydra.utils.get_object(entry["_target_"])
+    check_eval_callback(callbacks.get("eval"), space)
+    check_trainer({k: v for k, v in container(cfg.trainer).items() if not k.startswith("_")})
     if cfg.ckpt_path:
         from ..train.checkpoint_io import check_resume
 
         check_resume(cfg.ckpt_path, space.to_dict())
-    return Checked(space, sampler, Optim(**container(cfg.optim)), train)
-
-
-def check_pretrained(name: str | None) -> None:
-    """A local path that is missing is refused here; a hub name is tried by from_pretrained (offline: refused
-    there, rewritten to one line by `refusing`)."""
-    if name and str(name).startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
-        raise ValueError(
-            f"model.pretrained={name!r} does not exist; give a folder with config.json or a Hugging Face Hub name"
-        )
+    return Checked(model, space, sampler_for, Optim(**container(cfg.optim)), train)
 
 
 def build(cfg: DictConfig, checked: Checked):
     """Data module, nested model and Lightning module, as the config says."""
     from ..train import SortedNetModule, task_for
-    from ..train.models import build_model
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = hydra.utils.instantiate(cfg.data)
+    data = make(cfg.data)
     data.prepare_data()
     data.setup("fit")
     data.train_dataloader()  # its checks (a batch larger than the data) before anything trains
-    model_cfg = container(cfg.model)
-    model = build_model(
-        model_cfg["class_name"], model_cfg.get("pretrained"), model_cfg.get("config"), data.model_kwargs()
-    )
-    # from_pretrained returns modules in eval mode; fine-tuning runs with dropout, as transformers' Trainer does
-    model.train(model_cfg.get("train_mode", True))
-    nested = nest(model, checked.space, pooling=model_cfg.get("pooling"))
-    sampler = make_sampler(cfg.sampler.name, nested.space, **sampler_options(cfg))
+    model = checked.model.build(data.model_kwargs())
+    nested = nest(model, checked.space, pooling=checked.model.pooling)
     module = SortedNetModule(
         nested,
         task_for(data.task),
-        sampler,
+        checked.make_sampler(nested.space),
         optim=checked.optim,
         accumulate=checked.train.accumulate,
         grad_clip=checked.train.grad_clip,
@@ -147,43 +133,31 @@ def build(cfg: DictConfig, checked: Checked):
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+    from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.loggers import WandbLogger
 
-    from ..train.callbacks import NestedCheckpoint
     from ..train.checkpoint_io import AtomicCheckpointIO
-    from ..train.eval_callback import SubnetEvaluation
     from ..train.maestro import MaestroCallback
 
     run_config = container(cfg)
-    callbacks: list[L.Callback] = [
-        NestedCheckpoint(
-            run_config=run_config, dirpath=str(run_dir / "checkpoints"), **container(cfg.callbacks.checkpoint)
-        )
+    runtime = {"checkpoint": {"run_config": run_config, "dirpath": str(run_dir / "checkpoints")}}
+    # _recursive_=False: the run config given to the checkpoint holds _target_ nodes that must stay data
+    callbacks = [
+        make(entry, _recursive_=False, **runtime.get(name, {}))
+        for name, entry in callback_configs(cfg).items()
     ]
-    trainer_kwargs = container(cfg.trainer)
     if "rank" in cfg.nesting:
         callbacks.append(MaestroCallback(**container(cfg.train.rank), seed=cfg.seed))
-    progress = cfg.callbacks.get("progress", "rich")
-    if not trainer_kwargs.get("enable_progress_bar", True):
-        progress = "none"
-    if progress == "rich":
-        callbacks.append(RichProgressBar())
-    elif progress == "tqdm":
-        callbacks.append(TQDMProgressBar())
-    else:
-        trainer_kwargs["enable_progress_bar"] = False
-    eval_cfg = cfg.callbacks.get("eval")
-    if eval_cfg and eval_cfg.get("enabled", True):
-        callbacks.append(SubnetEvaluation(**{k: v for k, v in container(eval_cfg).items() if k != "enabled"}))
-    logger_cfg = cfg.get("logger") or {}
-    logger = hydra.utils.instantiate(logger_cfg) if logger_cfg.get("_target_") else False
+    logger = make(cfg.logger) if (cfg.get("logger") or {}).get("_target_") else False
     if isinstance(logger, WandbLogger):
         logger.log_hyperparams(run_config)
-    return L.Trainer(
-        **trainer_kwargs,
+    show = cfg.trainer.get("enable_progress_bar", True) and any(isinstance(c, ProgressBar) for c in callbacks)
+    if not show:  # trainer.enable_progress_bar=false wins over a configured bar (Lightning refuses both)
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return make(cfg.trainer)(
         logger=logger,
         callbacks=callbacks,
+        enable_progress_bar=show,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(run_dir),
     )
@@ -235,7 +209,7 @@ def _data_metadata(data: Any) -> dict[str, Any]:
 
 
 # ---- the edge: user errors become one line ------------------------------------------------------------
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError)
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, OSError, ImportError)
 
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
@@ -329,10 +303,30 @@ def hydra_main(cfg: DictConfig) -> None:
     run(cfg)
 
 
+def check_overrides(argv: list[str]) -> None:
+    """Compose the config once before Hydra's app does: a misspelt group, key or override grammar is refused in
+    one line with exit code 2 (Hydra itself prints several lines and exits with 1)."""
+    if any(a.startswith("-") for a in argv):  # --cfg, --help, -m ...: Hydra's own flags
+        return
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            compose("train", overrides=argv, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        text = str(err).split("\nConfig search path")[0].split("\nSee https://hydra.cc")[0]
+        text = text.replace(":\n\t", ": ").replace("\n\t", ", ")
+        print(f"sortednet-train: error: {' '.join(text.split())}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main() -> None:
     """`sortednet-train`: Hydra's command line, plus --list, --copy NAME FILE.yaml and --config FILE.yaml."""
     argv = handle(sys.argv[1:])
     if argv is not None:
+        check_overrides(argv)
         sys.argv = [sys.argv[0], *argv]
         hydra_main()
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import transformers
@@ -24,24 +26,55 @@ def offline_model_path(name: str) -> str:
         ) from None
 
 
-def build_model(
-    class_name: str,
-    pretrained: str | None = None,
-    config: Mapping[str, Any] | None = None,
-    data_kwargs: Mapping[str, Any] | None = None,
-) -> nn.Module:
-    """`class_name` is a transformers class (e.g. ViTForImageClassification); `config` holds the kwargs of its
-    config (with `model_type`) when training from scratch, or overrides when loading `pretrained`."""
-    cls = getattr(transformers, class_name, None)
-    if cls is None or not hasattr(cls, "from_pretrained"):
-        raise ValueError(f"model.class_name={class_name!r} is not a transformers model class")
-    kwargs = {**(config or {}), **(data_kwargs or {})}
-    if pretrained:
-        kwargs.pop("model_type", None)
-        return cls.from_pretrained(pretrained, **kwargs)
-    model_type = kwargs.pop("model_type", None)
-    if model_type not in transformers.CONFIG_MAPPING:
-        raise ValueError(
-            f"model.config.model_type={model_type!r} is unknown; give a transformers model_type such as vit"
-        )
-    return cls(transformers.CONFIG_MAPPING[model_type](**kwargs))
+@dataclass
+class ModelSpec:
+    """The model a run trains (the `model` config group): a transformers class, loaded from `pretrained` (a hub
+    name or a folder) or built from `config` (its kwargs with `model_type`, or overrides of the pretrained config).
+    Checked when made; `build()` loads. `pooling` and `train_mode` say how it trains: see sortednet.pooling and
+    nn.Module.train (from_pretrained leaves modules in eval mode, which turns dropout off)."""
+
+    class_name: str
+    pretrained: str | None = None
+    config: Mapping[str, Any] | None = None
+    pooling: str | None = None
+    train_mode: bool = True
+
+    def __post_init__(self) -> None:
+        from ..pooling import POOLINGS
+
+        cls = getattr(transformers, str(self.class_name), None)
+        if cls is None or not hasattr(cls, "from_pretrained"):
+            raise ValueError(f"model.class_name={self.class_name!r} is not a transformers model class")
+        name = self.pretrained
+        if name and str(name).startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+            raise ValueError(
+                f"model.pretrained={name!r} does not exist; give a folder with config.json or a Hugging Face Hub name"
+            )
+        if self.pooling not in (None, *POOLINGS):
+            raise ValueError(
+                f"model.pooling={self.pooling!r} is unknown; allowed: {', '.join(POOLINGS)} or null"
+            )
+        if not isinstance(self.train_mode, bool):
+            raise ValueError(f"model.train_mode={self.train_mode!r} is not allowed; allowed: true or false")
+        model_type = (self.config or {}).get("model_type")
+        if not name and model_type not in transformers.CONFIG_MAPPING:
+            raise ValueError(
+                f"model.config.model_type={model_type!r} is unknown; give a transformers model_type such as vit"
+            )
+
+    def build(self, data_kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+        """The transformers model; `data_kwargs` (labels, vocabulary, image size) come from the data module."""
+        cls = getattr(transformers, self.class_name)
+        kwargs = {**(self.config or {}), **(data_kwargs or {})}
+        model_type = kwargs.pop("model_type", None)
+        if self.pretrained:
+            try:
+                model = cls.from_pretrained(self.pretrained, **kwargs)
+            except OSError as err:  # offline, misspelt, not a model folder
+                first = (str(err).strip().splitlines() or [""])[0]
+                raise ValueError(
+                    f"model.pretrained={self.pretrained!r} could not be loaded: {first}"
+                ) from None
+        else:
+            model = cls(transformers.CONFIG_MAPPING[model_type](**kwargs))
+        return model.train(self.train_mode)

@@ -167,11 +167,17 @@ class SortedNetModule(L.LightningModule):
     def _optimizer_step(self, batch_size: int) -> None:
         optimizer, schedule = self.optimizers(), self.lr_schedulers()
         step_loss = torch.as_tensor(self._step_loss, dtype=torch.float32, device=self.device).reshape(1)
-        # DDP: one all-reduce per step (sharded strategies, FSDP, reduce-scatter in each backward themselves)
-        if needs_allreduce(self.trainer.strategy.model):
-            allreduce_gradients(self.nested.parameters(), extra=step_loss)
         losses, self._step_losses, self.micro = self._step_losses, [], 0
-        if not self._finite(losses):
+        bad = self._local_nonfinite(losses)
+        # DDP: one all-reduce per step, carrying the loss and the non-finite flag (sharded strategies, FSDP,
+        # reduce-scatter in each backward themselves; the flag then takes one 1-element all-reduce)
+        if needs_allreduce(self.trainer.strategy.model):
+            carried = torch.cat([step_loss, bad])
+            allreduce_gradients(self.nested.parameters(), extra=carried)
+            step_loss, bad = carried[:1], carried[1:]
+        elif world_size() > 1:
+            torch.distributed.all_reduce(bad)
+        if float(bad) != 0:  # every rank skips, or none
             optimizer.zero_grad(set_to_none=True)
             self._skip(losses)
             return
@@ -190,19 +196,15 @@ class SortedNetModule(L.LightningModule):
         self.log("train/step_loss", step_loss[0], on_step=True, on_epoch=False)
         self._step_started = now
 
-    def _finite(self, losses: Sequence[tuple[Subnet, torch.Tensor]]) -> bool:
-        """Every loss and gradient of this step finite, on every rank (one flag reduced: all skip or none)."""
+    def _local_nonfinite(self, losses: Sequence[tuple[Subnet, torch.Tensor]]) -> torch.Tensor:
+        """1.0 when a loss or gradient of this step on this rank is NaN or inf (FSDP2: its local shard)."""
         checks = [torch.isfinite(loss) for _, loss in losses]
         for p in self.nested.parameters():
             if p.grad is not None:
-                grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad  # FSDP2: the local shard
+                grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
                 checks.append(torch.isfinite(grad).all())
-        bad = (
-            (~torch.stack(checks).all()).float().reshape(1) if checks else torch.zeros(1, device=self.device)
-        )
-        if world_size() > 1:
-            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
-        return float(bad) == 0
+        finite = torch.stack(checks).all() if checks else torch.tensor(True)
+        return (~finite).float().reshape(1).to(self.device)
 
     def _skip(self, losses: Sequence[tuple[Subnet, torch.Tensor]]) -> None:
         """A non-finite step changes no weight and does not count as an optimizer step."""
