@@ -22,7 +22,8 @@ from torch import nn
 from . import hf
 from .atomic import atomic_write
 from .families import Family, family_for, registered
-from .nest import NestedModel, build_submodel, factorized_ranks, nest, pooled_refusal
+from .heads import head_aliases
+from .nest import NestedModel, build_submodel, factorized_ranks, nest, original_key, pooled_refusal
 from .spec import NestingSpace, Subnet
 
 FORMAT = "sortednet"
@@ -200,14 +201,11 @@ def load(path: str | os.PathLike) -> NestedModel:
     meta = read_metadata(path)
     config = hf.config_from_dict(meta["config"])
     model = hf.empty_model(hf.model_class(meta["model_class"]), config)
-    space = NestingSpace.from_dict(meta["space"])
-    options = meta.get("options") or {}
-    # factorised layers get meta-device factors
-    nested = nest(model, space, family=family_of(meta), pooling=options.get("pooling"))
+    nested = nest_as_saved(model, meta)  # factorised layers get meta-device factors
     aliases = meta.get("aliases", {})
     with safe_open(str(path), framework="pt") as f:
         hf.fill_model(
-            nested.model, lambda key, shape: f.get_tensor(aliases.get(key, key)), key_map=_original_key
+            nested.model, lambda key, shape: f.get_tensor(aliases.get(key, key)), key_map=original_key
         )
     nested.apply_low_rank_info(meta.get("low_rank", {}))
     nested.eval()
@@ -230,8 +228,13 @@ _OWN_KEYS = {
 }
 
 
-def _original_key(key: str) -> str:
-    return key.replace(".base_layer.", ".")
+def nest_as_saved(model: nn.Module, meta: Mapping[str, Any]) -> NestedModel:
+    """Nest `model` (of the header's class and config) as the checkpoint's model was: space, family, options."""
+    options = meta.get("options") or {}
+    space = NestingSpace.from_dict(meta["space"])
+    return nest(
+        model, space, family=family_of(meta), pooling=options.get("pooling"), head=options.get("head")
+    )
 
 
 def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
@@ -261,7 +264,7 @@ def read_submodel(path: Path, meta: Mapping[str, Any], subnet: Subnet | str) -> 
             full,
             sizes,
             lambda key, idx: f.get_slice(key)[idx],
-            meta.get("aliases", {}),
+            {**meta.get("aliases", {}), **head_aliases(f.keys(), sizes.get("depth", full["depth"]))},
             factorized_ranks(low_rank, full, sizes, space),
         )
 

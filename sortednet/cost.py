@@ -1,6 +1,7 @@
 """Exact parameter counts for every subnet of a space, vectorised (no model built per subnet).
 
-A subnet holds the shared tensors (embeddings, norms, heads) and those of its first `depth` layers. A
+A subnet holds the shared tensors (embeddings, norms, heads) and those of its first `depth` layers; with a
+head per depth (sortednet.heads), only its own depth's head. A
 sliced projection in a layer holds out x in (+ out for its bias), each side at its role's active width.
 Any other tensor shrinks only with the hidden size d, along the axes its wrapper slices: with k such axes
 it holds (numel / D^k) * d^k. Coefficients are read once from the nested model.
@@ -13,6 +14,7 @@ from collections import defaultdict
 import numpy as np
 from torch import nn
 
+from .heads import DepthHeads
 from .layers import LowRankLinear, SlicedEmbedding, SlicedLinear, SlicedNorm, SlicedOutput
 
 
@@ -74,7 +76,14 @@ def param_cost_fn(nested):
         rest = _terms([p for p in layer.parameters() if id(p) not in projected], axes, hidden)
         per_layer.append((rest, projections))
     in_layers = {id(p) for p in layers.parameters()}
-    shared = _terms([p for p in model.parameters() if id(p) not in in_layers], axes, hidden)
+    heads: dict[int, list] = defaultdict(list)  # per-depth heads: depth -> its head's parameters
+    for module in model.modules():
+        if isinstance(module, DepthHeads):
+            for depth in nested.space.absolute("depth"):
+                heads[depth].extend(module.head(depth).parameters())
+    in_heads = {id(p) for params in heads.values() for p in params}
+    shared = _terms([p for p in model.parameters() if id(p) not in in_layers | in_heads], axes, hidden)
+    head_terms = {depth: _terms(params, axes, hidden) for depth, params in heads.items()}
 
     def cost(sizes):
         n = len(next(iter(sizes.values())))
@@ -85,6 +94,8 @@ def param_cost_fn(nested):
         roles = family.role_sizes(full, s)
         d = s["hidden"]
         total = sum(c * d**k for k, c in shared.items()) + np.zeros(n, dtype=np.int64)
+        for depth, terms in head_terms.items():
+            total = total + np.where(s["depth"] == depth, sum(c * d**k for k, c in terms.items()), 0)
         for index, (rest, projections) in enumerate(per_layer):
             count = sum(c * d**k for k, c in rest.items()) + np.zeros(n, dtype=np.int64)
             for out_roles, in_role, has_bias, low_rank in projections:

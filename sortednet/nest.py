@@ -13,6 +13,8 @@ from transformers.pytorch_utils import Conv1D
 from . import hf
 from .cost import param_cost_fn
 from .families import Family, family_for
+from .heads import DepthHeads, check_head, head_aliases
+from .heads import apply as apply_heads
 from .layers import (
     FIXED,
     LowRankLinear,
@@ -38,11 +40,15 @@ def nest(
     family: Family | None = None,
     check: bool | None = None,
     pooling: str | None = None,
+    head: str | None = None,
 ) -> NestedModel:
     """Wrap `model` in place so that every subnet of `space` can run; at the largest it is unchanged.
 
     `pooling="mean"`: the model's own first-token head (BERT's pooler, RoBERTa's classification head) reads the
     masked mean of the last hidden states instead of [CLS] (sortednet.pooling), for encoders trained that way.
+
+    `head="per_depth"`: every depth of the space gets its own copy of the head (sortednet.heads); a sub-model
+    counts and exports only its own.
 
     `family` defaults to the one registered for `config.model_type`. A family not marked `verified` is first
     checked on a tiny random model of the same class (`sortednet.testing.quick_check`, well under a second,
@@ -62,12 +68,15 @@ def nest(
         targets = [path for path in family.rank_targets(space.rank_targets) if path in present]
         full["rank"] = max(min(layer.get_submodule(path).weight.shape) for path in targets)
     bound = space.bind(full, lambda d, v: family.resolve(full, d, v), None)  # every check, before any change
-    check_pooling(model, pooling)
+    reader = check_pooling(model, pooling)
+    check_head(model, head, bound.dims, reader)
     if check or (check is None and not family.verified):
         from .testing import quick_check
 
         quick_check(family, model, bound.dims)
     options = {"pooling": pooling} if pooling == "mean" else {}
+    if head == "per_depth":
+        options["head"] = head
     nested = NestedModel(model, bound, family, full, options)
     bound.set_cost(param_cost_fn(nested))
     return nested
@@ -94,9 +103,14 @@ class NestedModel(nn.Module):
         self.metadata: dict[str, Any] = {}  # carried into the one-file checkpoint (run config, eval table)
         self._patched: list[tuple[nn.Module, str, str]] = []
         self._switch_cache: dict[Subnet | str, tuple[Subnet, dict[str, int]]] = {}
+        reader = check_pooling(model, self.options.get("pooling"))
+        heads = check_head(model, self.options.get("head"), space.dims, reader)
+        if heads:  # before the wrappers, so that hidden slicing wraps every copy
+            depths = space.absolute("depth")
+            apply_heads(model, heads, self.state, depths, max(depths))
         self._inject()
-        if self.options.get("pooling") == "mean":
-            apply_pooling(model, check_pooling(model, "mean"))
+        if reader:
+            apply_pooling(model, reader)
         self._active = space.normalize(space.largest)
 
     # ---- injection ----------------------------------------------------------------------------
@@ -151,7 +165,8 @@ class NestedModel(nn.Module):
                 _replace(self.model, name, SlicedLinear(module, self.state, [(0, role)], "hidden"))
 
     def unnest(self) -> nn.Module:
-        """Remove the wrappers and give back the plain full model (like PEFT's merge_and_unload)."""
+        """Remove the wrappers and give back the plain full model (like PEFT's merge_and_unload); with a head
+        per depth, the largest depth's head."""
         self._refuse_pooled("unnest()")
         self.activate(self.space.largest)
         for name, module in list(self.model.named_modules()):
@@ -161,6 +176,9 @@ class NestedModel(nn.Module):
                 _replace(self.model, name, module.base_layer)
             elif isinstance(module, NestedLayerList):
                 _replace(self.model, name, module.unnested())
+        for name, module in list(self.model.named_modules()):  # per-depth heads: the full depth's stays
+            if isinstance(module, DepthHeads):
+                _replace(self.model, name, module.base_layer)
         return self.model
 
     # ---- switching ----------------------------------------------------------------------------
@@ -210,12 +228,12 @@ class NestedModel(nn.Module):
     # ---- export -------------------------------------------------------------------------------
     def base_state_dict(self) -> dict[str, torch.Tensor]:
         """The wrapped model's tensors under the original model's keys (no `base_layer`)."""
-        return {k.replace(".base_layer.", "."): v for k, v in self.model.state_dict().items()}
+        return {original_key(k): v for k, v in self.model.state_dict().items()}
 
     # ---- low rank -----------------------------------------------------------------------------
     def low_rank_modules(self) -> dict[str, LowRankLinear]:
         """Factorised projections under their original-model names."""
-        return {_original(n): m for n, m in self.model.named_modules() if isinstance(m, LowRankLinear)}
+        return {original_key(n): m for n, m in self.model.named_modules() if isinstance(m, LowRankLinear)}
 
     def low_rank_info(self) -> dict[str, dict[str, Any]]:
         """What the one-file checkpoint records of each factorised projection (its cut included)."""
@@ -248,6 +266,7 @@ class NestedModel(nn.Module):
             self.full,
             sizes,
             lambda key, idx: source[key][idx].clone(memory_format=torch.contiguous_format),
+            head_aliases(source, self.sizes(subnet)["depth"]),
             factorized=factorized_ranks(self.low_rank_info(), self.full, sizes, self.space),
         )
 
@@ -290,8 +309,9 @@ def _is_norm(module: nn.Module) -> bool:
     return (isinstance(module, nn.LayerNorm) and module.weight is not None) or rms
 
 
-def _original(name: str) -> str:
-    return name.replace(".base_layer.", ".").removesuffix(".base_layer")
+def original_key(name: str) -> str:
+    """A wrapped model's parameter or module name under the original model's (every `base_layer` dropped)."""
+    return ".".join(part for part in name.split(".") if part != "base_layer")
 
 
 def factorized_ranks(

@@ -187,6 +187,12 @@ class NestingSpace:
         index = self._index(Subnet.parse(subnet))
         return {d: self._resolved[d][i] for d, i in zip(self.values, index, strict=True)}
 
+    def absolute(self, dim: str) -> tuple[int, ...]:
+        """The absolute sizes of one nested dimension of this (bound) space, smallest first."""
+        if self._resolved is None:
+            raise ValueError("this nesting space is not bound to a model; use nest(model, space).space")
+        return self._resolved[dim]
+
     # ---- membership ---------------------------------------------------------------------------
     def _index(self, subnet: Subnet) -> tuple[int, ...]:
         for dim in subnet.dims:

@@ -38,6 +38,11 @@ QUICK = [
         (["nesting.ffn=[0.0,1.0]"], r"ffn=0.0 is outside \(0, 1\]"),
         (["nesting.heads=[2,8]"], r"heads=8 exceeds the model's 4 attention heads"),
         (["+nesting.channels=[32,64]"], r"dimension 'channels' cannot be nested for model family 'vit'"),
+        (["model.head=each"], r"model.head='each' is unknown; allowed: shared, per_depth"),
+        (
+            ["model.head=per_depth", "~nesting.depth"],
+            r"model.head='per_depth' needs a nesting space over depth",
+        ),
         (["model.class_name=NopeModel"], r"model.class_name='NopeModel' is not a transformers model class"),
         (["data.val_fraction=1.5"], r"val_fraction must be in the open interval \(0, 1\), got 1.5"),
     ],
@@ -80,3 +85,40 @@ def test_cli_overrides_train_and_write_the_run_folder(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "run" / "checkpoints" / "last.safetensors").is_file()
     assert (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text().count("sampler.k=4") == 1
+
+
+def test_a_head_per_depth_trains_and_exports_what_use_predicts(tmp_path):
+    import torch
+
+    import sortednet as sn
+
+    result = cli("model.head=per_depth", *QUICK[:3], f"hydra.run.dir={tmp_path}/run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    nested = sn.load(tmp_path / "run")
+    assert nested.options["head"] == "per_depth"
+    subnet = nested.space.smallest
+    out = tmp_path / "small"
+    export = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sortednet.cli.export",
+            str(tmp_path / "run"),
+            "--subnet",
+            str(subnet),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert export.returncode == 0, export.stderr[-2000:]
+    import transformers
+
+    plain = transformers.AutoModelForImageClassification.from_pretrained(out).eval()
+    pixels = torch.randn(3, 1, 8, 8)
+    with torch.no_grad(), nested.use(subnet):
+        torch.testing.assert_close(plain(pixel_values=pixels).logits, nested(pixel_values=pixels).logits)
+    assert sum(p.numel() for p in plain.parameters()) == nested.num_params(subnet)

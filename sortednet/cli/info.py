@@ -17,12 +17,10 @@ def bound_space(meta: Mapping[str, Any]) -> Any:
     """The checkpoint's nesting space bound to its model, built with parameters on the meta device (exact
     parameter counts, no weights read)."""
     from .. import hf
-    from ..checkpoint import family_of
-    from ..nest import nest
-    from ..spec import NestingSpace
+    from ..checkpoint import nest_as_saved
 
     model = hf.empty_model(hf.model_class(meta["model_class"]), hf.config_from_dict(meta["config"]))
-    return nest(model, NestingSpace.from_dict(meta["space"]), family=family_of(meta))
+    return nest_as_saved(model, meta)
 
 
 def _get(cfg: Mapping[str, Any], dotted: str) -> Any:

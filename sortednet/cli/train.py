@@ -115,7 +115,7 @@ def build(cfg: DictConfig, checked: Checked):
     data.setup("fit")
     data.train_dataloader()  # its checks (a batch larger than the data) before anything trains
     model = checked.model.build(data.model_kwargs())
-    nested = nest(model, checked.space, pooling=checked.model.pooling)
+    nested = nest(model, checked.space, pooling=checked.model.pooling, head=checked.model.head)
     module = SortedNetModule(
         nested,
         task_for(data.task),

@@ -30,16 +30,18 @@ def offline_model_path(name: str) -> str:
 class ModelSpec:
     """The model a run trains (the `model` config group): a transformers class, loaded from `pretrained` (a hub
     name or a folder) or built from `config` (its kwargs with `model_type`, or overrides of the pretrained config).
-    Checked when made; `build()` loads. `pooling` and `train_mode` say how it trains: see sortednet.pooling and
-    nn.Module.train (from_pretrained leaves modules in eval mode, which turns dropout off)."""
+    Checked when made; `build()` loads. `pooling`, `head` and `train_mode` say how it trains: see sortednet.pooling,
+    sortednet.heads and nn.Module.train (from_pretrained leaves modules in eval mode, which turns dropout off)."""
 
     class_name: str
     pretrained: str | None = None
     config: Mapping[str, Any] | None = None
     pooling: str | None = None
+    head: str = "shared"
     train_mode: bool = True
 
     def __post_init__(self) -> None:
+        from ..heads import HEADS
         from ..pooling import POOLINGS
 
         cls = getattr(transformers, str(self.class_name), None)
@@ -54,6 +56,8 @@ class ModelSpec:
             raise ValueError(
                 f"model.pooling={self.pooling!r} is unknown; allowed: {', '.join(POOLINGS)} or null"
             )
+        if self.head not in HEADS:
+            raise ValueError(f"model.head={self.head!r} is unknown; allowed: {', '.join(HEADS)}")
         if not isinstance(self.train_mode, bool):
             raise ValueError(f"model.train_mode={self.train_mode!r} is not allowed; allowed: true or false")
         model_type = (self.config or {}).get("model_type")
