@@ -4,8 +4,9 @@ TORCH ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+QUALITY ?= --quick
 
-.PHONY: help install train test test-fast eval bench lint clean
+.PHONY: help install train test test-fast eval bench quality lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -35,6 +36,9 @@ eval: $(STAMP)  ## evaluate every sub-model of a run: make eval CKPT=runs/digits
 
 bench: $(STAMP)  ## benchmarks: ratios measured side by side
 	HF_HUB_OFFLINE=1 $(PY) -m bench.run_all
+
+quality: $(STAMP)  ## sub-models vs the same shapes trained alone, quick mode (QUALITY="" for the full run)
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(PY) -m bench.quality $(QUALITY)
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check sortednet tests bench
