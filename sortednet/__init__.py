@@ -1,7 +1,9 @@
 """sortednet: nested sub-networks for unmodified Hugging Face transformers models."""
 
-from .checkpoint import load, load_submodel, read_metadata
+from .checkpoint import read_metadata
+from .export import load_submodel
 from .nest import NestedModel, nest
+from .restore import load
 from .spec import NestingSpace, Subnet
 
 __version__ = "0.1.0"

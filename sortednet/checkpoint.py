@@ -17,24 +17,24 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch import nn
 
 from . import hf
 from .atomic import atomic_write
 from .families import Family, family_for, registered
-from .heads import head_aliases
-from .nest import NestedModel, build_submodel, factorized_ranks, nest, original_key, pooled_refusal
-from .spec import NestingSpace, Subnet
+from .spec import NestingSpace
 
 FORMAT = "sortednet"
 VERSION = 1
 
 
-def save(nested: NestedModel, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
+def write(path: str | os.PathLike, state: Mapping[str, torch.Tensor], header: Mapping[str, Any]) -> None:
+    """Write `state` (original-model keys) once per tensor, with `header` as JSON metadata; atomic. Tied
+    tensors are written once (the other keys in `aliases`); tensors holding NaN or inf are listed in
+    `nonfinite` (sortednet-select and -export refuse such a checkpoint)."""
     tensors: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     seen: dict[tuple[int, tuple[int, ...]], str] = {}
-    for key, tensor in nested.base_state_dict().items():
+    for key, tensor in state.items():
         ident = (
             tensor.untyped_storage().data_ptr() + tensor.storage_offset() * tensor.element_size(),
             tuple(tensor.shape),
@@ -44,25 +44,26 @@ def save(nested: NestedModel, path: str | os.PathLike, metadata: Mapping[str, An
             continue
         seen[ident] = key
         tensors[key] = tensor.detach().contiguous()
-    header = {
-        "format": FORMAT,
-        "version": VERSION,
-        "model_class": hf.class_path(nested.model),
-        "config": nested.model.config.to_dict(),
-        "space": nested.space.to_dict(),
-        "family": nested.family.to_dict(),
-        "aliases": aliases,
-        "low_rank": nested.low_rank_info(),
-        "options": nested.options,
-        # tensors holding NaN or inf (a diverged run): sortednet-select and -export refuse such a checkpoint
-        "nonfinite": [
-            k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())
-        ],
-        **nested.metadata,
-        **(metadata or {}),
-    }
-    meta = {"format": "pt", FORMAT: json.dumps(header, default=str)}
+    nonfinite = [k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    full = {"format": FORMAT, "version": VERSION, **header, "aliases": aliases, "nonfinite": nonfinite}
+    meta = {"format": "pt", FORMAT: json.dumps(full, default=str)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+# header fields the format owns (the rest is what the run added: train config, eval table, ...)
+OWN_KEYS = {
+    "format",
+    "version",
+    "model_class",
+    "config",
+    "space",
+    "family",
+    "aliases",
+    "low_rank",
+    "options",
+    "nonfinite",
+    "_keys",
+}
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -193,80 +194,6 @@ def family_of(meta: Mapping[str, Any]) -> Family:
         stacklevel=2,
     )
     return family
-
-
-def load(path: str | os.PathLike) -> NestedModel:
-    """Rebuild the nested model (every sub-model) from a one-file checkpoint or a run folder."""
-    path = resolve(path)
-    meta = read_metadata(path)
-    config = hf.config_from_dict(meta["config"])
-    model = hf.empty_model(hf.model_class(meta["model_class"]), config)
-    nested = nest_as_saved(model, meta)  # factorised layers get meta-device factors
-    aliases = meta.get("aliases", {})
-    with safe_open(str(path), framework="pt") as f:
-        hf.fill_model(
-            nested.model, lambda key, shape: f.get_tensor(aliases.get(key, key)), key_map=original_key
-        )
-    nested.apply_low_rank_info(meta.get("low_rank", {}))
-    nested.eval()
-    nested.metadata = {k: v for k, v in meta.items() if k not in _OWN_KEYS}
-    return nested
-
-
-_OWN_KEYS = {
-    "format",
-    "version",
-    "model_class",
-    "config",
-    "space",
-    "family",
-    "aliases",
-    "low_rank",
-    "options",
-    "nonfinite",
-    "_keys",
-}
-
-
-def nest_as_saved(model: nn.Module, meta: Mapping[str, Any]) -> NestedModel:
-    """Nest `model` (of the header's class and config) as the checkpoint's model was: space, family, options."""
-    options = meta.get("options") or {}
-    space = NestingSpace.from_dict(meta["space"])
-    return nest(
-        model, space, family=family_of(meta), pooling=options.get("pooling"), head=options.get("head")
-    )
-
-
-def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
-    """The plain transformers model of one subnet, reading only that subnet's slices of the file."""
-    path = resolve(path)
-    meta = read_metadata(path)
-    if (meta.get("options") or {}).get("pooling") == "mean":
-        raise ValueError(pooled_refusal("load_submodel()", meta["model_class"]))
-    return read_submodel(path, meta, subnet)
-
-
-def read_submodel(path: Path, meta: Mapping[str, Any], subnet: Subnet | str) -> nn.Module:
-    """`load_submodel` without the pooling check (the model's own head reads [CLS])."""
-    config = hf.config_from_dict(meta["config"])
-    family = family_of(meta)
-    full = family.full_sizes(config)
-    low_rank = meta.get("low_rank", {})
-    if low_rank:
-        full["rank"] = max(e["full_rank"] for e in low_rank.values())
-    space = NestingSpace.from_dict(meta["space"]).bind(full, lambda d, v: family.resolve(full, d, v), None)
-    sizes = space.resolve(subnet)
-    with safe_open(str(path), framework="pt") as f:
-        return build_submodel(
-            hf.model_class(meta["model_class"]),
-            config,
-            family,
-            full,
-            sizes,
-            lambda key, idx: f.get_slice(key)[idx],
-            {**meta.get("aliases", {}), **head_aliases(f.keys(), sizes.get("depth", full["depth"]))},
-            factorized_ranks(low_rank, full, sizes, space),
-        )
 
 
 def update_metadata(path: str | os.PathLike, **extra: Any) -> None:

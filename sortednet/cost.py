@@ -66,7 +66,7 @@ def param_cost_fn(nested):
     layers = model.base_model.get_submodule(family.layers)
     axes = hidden_axes(model, hidden) if "hidden" in nested.space.dims else {}
     per_layer = []  # per layer: (rest terms, [(out_roles, in_role, has_bias, LowRankLinear | None)])
-    for layer in layers._modules.values():
+    for layer in layers.every_layer():
         projections, projected = [], set()
         for path, proj in family.layer_projections(layer).items():
             module = layer.get_submodule(path)

@@ -11,7 +11,7 @@ import torch
 from .measure import batch_of, count_flops, measure_latencies, one_sample, to_device
 from .nest import NestedModel
 from .spec import Subnet
-from .train.tasks import Task
+from .tasks import Task
 
 # the direction of every metric a table can hold: True when higher is better
 HIGHER_IS_BETTER = {"accuracy": True, "loss": False, "perplexity": False}

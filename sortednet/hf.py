@@ -19,9 +19,9 @@ def _parameters_on_meta() -> Iterator[None]:
     original = nn.Module.register_parameter
 
     def register(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        original(module, name, param)
         if param is not None and param.device.type != "meta":
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        original(module, name, param)
 
     nn.Module.register_parameter = register  # type: ignore[method-assign]
     try:

@@ -190,6 +190,10 @@ class NestedLayerList(nn.ModuleList):
     def __iter__(self) -> Iterator[nn.Module]:
         return itertools.islice(iter(self._modules.values()), self.state.depth)
 
+    def every_layer(self) -> list[nn.Module]:
+        """All layers, whatever the active depth."""
+        return list(self._modules.values())
+
     def __getitem__(self, idx):  # type: ignore[override]
         if isinstance(idx, slice):
             return list(self)[idx]

@@ -47,7 +47,7 @@ def sample_layer_ranks(nested: NestedModel, rng: np.random.Generator | None) -> 
         if rng is None:
             continue
         limit = module.rank()
-        sizes = space._resolved["rank"] if space._resolved else ()
+        sizes = space.absolute("rank") if space.is_bound else ()
         allowed = sorted({layer_rank(k, module.full_rank, module.max_rank, module.absolute) for k in sizes})
         allowed = [r for r in allowed if r <= limit] or [limit]
         module.sampled = int(rng.choice(allowed))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -11,7 +12,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from . import hf
+from .checkpoint import write
 from .cost import param_cost_fn
+from .export import build_submodel, factorized_ranks
 from .families import Family, family_for
 from .heads import DepthHeads, check_head, head_aliases
 from .heads import apply as apply_heads
@@ -24,10 +27,9 @@ from .layers import (
     SlicedLinear,
     SlicedNorm,
     SlicedOutput,
-    layer_rank,
 )
 from .pooling import apply as apply_pooling
-from .pooling import check_pooling
+from .pooling import check_pooling, pooled_refusal
 from .spec import NestingSpace, Subnet
 
 WRAPPERS = (SlicedLinear, SlicedNorm, SlicedEmbedding, SlicedOutput)
@@ -125,7 +127,7 @@ class NestedModel(nn.Module):
             set(self.family.rank_targets(self.space.rank_targets)) if "rank" in self.space.dims else set()
         )
         absolute = bool(low_rank) and isinstance(self.space.values["rank"][0], int)
-        for layer in layers._modules.values():
+        for layer in layers.every_layer():
             for path, proj in self.family.layer_projections(layer).items():
                 owner_path, _, attr = path.rpartition(".")
                 owner = layer.get_submodule(owner_path) if owner_path else layer
@@ -274,20 +276,22 @@ class NestedModel(nn.Module):
         if self.options.get("pooling") == "mean":
             raise ValueError(pooled_refusal(what, type(self.model).__name__))
 
-    def save(self, path: str, metadata: Mapping[str, Any] | None = None) -> None:
+    def header(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """What the one-file checkpoint's header records beside the tensors (`sortednet.checkpoint`)."""
+        return {
+            "model_class": hf.class_path(self.model),
+            "config": self.model.config.to_dict(),
+            "space": self.space.to_dict(),
+            "family": self.family.to_dict(),
+            "low_rank": self.low_rank_info(),
+            "options": self.options,
+            **self.metadata,
+            **(metadata or {}),
+        }
+
+    def save(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
         """Write every sub-model into one safetensors file (see `sortednet.load`)."""
-        from .checkpoint import save
-
-        save(self, path, metadata)
-
-
-def pooled_refusal(what: str, class_name: str) -> str:
-    return (
-        f"{what}: this model pools by mean (pooling='mean') and a plain {class_name} reads the first token, so no "
-        "plain transformers model gives its outputs; sortednet-export (sortednet.sentence_export.write) writes the "
-        "exact form: the encoder as a plain transformers model with mean pooling and the head as "
-        "sentence-transformers modules"
-    )
+        write(path, self.base_state_dict(), self.header(metadata))
 
 
 def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
@@ -298,7 +302,7 @@ def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
 def _inside_wrapper(root: nn.Module, path: str) -> bool:
     module = root
     for part in path.split(".")[:-1] if path else []:
-        module = module._modules[part]
+        module = getattr(module, part)
         if isinstance(module, WRAPPERS):
             return True
     return False
@@ -312,58 +316,3 @@ def _is_norm(module: nn.Module) -> bool:
 def original_key(name: str) -> str:
     """A wrapped model's parameter or module name under the original model's (every `base_layer` dropped)."""
     return ".".join(part for part in name.split(".") if part != "base_layer")
-
-
-def factorized_ranks(
-    info: Mapping[str, Mapping[str, Any]],
-    full: Mapping[str, int],
-    sizes: Mapping[str, int],
-    space: NestingSpace,
-) -> dict[str, tuple[bool, int]]:
-    """{projection name: (transposed, rank)} of a subnet's factorised projections."""
-    if not info:
-        return {}
-    k = sizes.get("rank", full["rank"])
-    absolute = isinstance(space.values["rank"][0], int)
-    return {
-        name: (e["transposed"], min(layer_rank(k, e["full_rank"], full["rank"], absolute), e["cap"]))
-        for name, e in info.items()
-    }
-
-
-def build_submodel(
-    cls: type,
-    config: Any,
-    family: Family,
-    full: Mapping[str, int],
-    sizes: Mapping[str, int],
-    read_slice,
-    aliases: Mapping[str, str] | None = None,
-    factorized: Mapping[str, tuple[bool, int]] | None = None,
-) -> nn.Module:
-    """Build the plain smaller model; `read_slice(key, index)` returns a new tensor for one index tuple.
-    A factorised projection's weight is fused: U[rows, :r] @ V[:r, cols] for each of its blocks."""
-    family.check_export(full, sizes, cls.__name__)
-    small = hf.empty_model(cls, family.sub_config(config, full, sizes))
-    aliases, factorized = aliases or {}, factorized or {}
-
-    def fused(prefix: str, idx: tuple[slice, ...]) -> torch.Tensor:
-        transposed, r = factorized[prefix]
-        rows, cols = (idx[1], idx[0]) if transposed else idx
-        w = read_slice(f"{prefix}.U", (rows, slice(0, r))) @ read_slice(f"{prefix}.V", (slice(0, r), cols))
-        return w.t().contiguous() if transposed else w
-
-    def read(key: str, shape: tuple[int, ...]) -> torch.Tensor:
-        parts, axis = family.slices(key, shape, full, sizes)
-        source = aliases.get(key, key)
-        prefix, _, leaf = source.rpartition(".")
-        if leaf == "weight" and prefix in factorized:
-            tensors = [fused(prefix, idx) for idx in parts]
-        else:
-            tensors = [read_slice(source, idx) for idx in parts]
-        out = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=axis)
-        if tuple(out.shape) != shape:
-            raise ValueError(f"{key}: slice has shape {tuple(out.shape)}, the sub-model expects {shape}")
-        return out.contiguous()  # an in-dim slice of a file view is strided; save_pretrained needs contiguous
-
-    return hf.fill_model(small, read)

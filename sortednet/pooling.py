@@ -86,3 +86,12 @@ def apply(model: nn.Module, path: str) -> MeanPooling:
     encoder.register_forward_pre_hook(capture, with_kwargs=True)
     model.register_forward_hook(release, with_kwargs=True)
     return pooling
+
+
+def pooled_refusal(what: str, class_name: str) -> str:
+    return (
+        f"{what}: this model pools by mean (pooling='mean') and a plain {class_name} reads the first token, so no "
+        "plain transformers model gives its outputs; sortednet-export (sortednet.sentence_export.write) writes the "
+        "exact form: the encoder as a plain transformers model with mean pooling and the head as "
+        "sentence-transformers modules"
+    )

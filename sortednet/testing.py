@@ -269,7 +269,9 @@ class _Checker:
             self.report.record("generate mismatches", 0.0)
 
     def check_round_trip(self, nested: Any, subnets: list[Subnet]) -> None:
-        from .checkpoint import family_of, load, load_submodel, read_metadata
+        from .checkpoint import family_of, read_metadata
+        from .export import load_submodel
+        from .restore import load
 
         exportable = [s for s in subnets if ref.expressible(self.family, self.full, self.sizes(s))]
         with tempfile.TemporaryDirectory() as tmp:

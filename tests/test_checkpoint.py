@@ -93,7 +93,7 @@ def test_load_submodel_reads_only_the_subnet_slices(tmp_path, monkeypatch):
 
             return Slice()
 
-    monkeypatch.setattr("sortednet.checkpoint.safe_open", Spy)
+    monkeypatch.setattr("sortednet.export.safe_open", Spy)
     small = sn.load_submodel(path, SPACE.smallest)
     assert sum(read.values()) == sum(t.numel() for t in small.state_dict().values())
     assert not any(".layers.2." in k or ".layers.3." in k for k in read)

@@ -29,7 +29,7 @@ from sortednet.measure import (
     stratified_subnets,
 )
 from sortednet.report import pareto_front, plot_pareto
-from sortednet.train.tasks import task_for
+from sortednet.tasks import task_for
 
 DIGITS = {
     "_target_": "sortednet.data.ImageClassificationDataModule",

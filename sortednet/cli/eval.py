@@ -153,7 +153,7 @@ def evaluate_checkpoint(
     from ..evaluate import evaluate, headline_metric
     from ..measure import pick_subnets
     from ..report import plot_pareto, write_table
-    from ..train.tasks import task_for
+    from ..tasks import task_for
 
     s = settings_of(cfg or {})
     console = console or Console(stderr=True)

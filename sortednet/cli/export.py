@@ -145,7 +145,7 @@ def export_subnet(
     from transformers.utils import logging as hf_logging
 
     from sortednet import sentence_export
-    from sortednet.checkpoint import read_submodel
+    from sortednet.export import read_submodel
     from sortednet.spec import NestingSpace, Subnet
 
     hf_logging.disable_progress_bar()

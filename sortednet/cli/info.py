@@ -17,7 +17,7 @@ def bound_space(meta: Mapping[str, Any]) -> Any:
     """The checkpoint's nesting space bound to its model, built with parameters on the meta device (exact
     parameter counts, no weights read)."""
     from .. import hf
-    from ..checkpoint import nest_as_saved
+    from ..restore import nest_as_saved
 
     model = hf.empty_model(hf.model_class(meta["model_class"]), hf.config_from_dict(meta["config"]))
     return nest_as_saved(model, meta)

@@ -1,6 +1,6 @@
-"""Lightning training of nested models: the module, tasks, model building and callbacks."""
+"""Lightning training of nested models: the module, model building and callbacks (tasks: sortednet.tasks)."""
 
+from ..tasks import CausalLM, Classification, Task, task_for
 from .module import SortedNetModule
-from .tasks import CausalLM, Classification, Task, task_for
 
 __all__ = ["CausalLM", "Classification", "SortedNetModule", "Task", "task_for"]

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
 from torch import nn
 
+from ..checkpoint import write
 from ..nest import NestedModel
 from .distributed import is_sharded
 
@@ -108,19 +109,6 @@ def configure_sharding(module: Any) -> None:
 
 
 # ---- one-file checkpoint of a sharded model ---------------------------------------------------------------------
-class _Gathered:
-    """The nested model with its full tensors in place of the shards, for `sortednet.checkpoint.save`."""
-
-    def __init__(self, nested: NestedModel, tensors: Mapping[str, torch.Tensor]) -> None:
-        self._nested, self._tensors = nested, dict(tensors)
-
-    def base_state_dict(self) -> dict[str, torch.Tensor]:
-        return self._tensors
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._nested, name)
-
-
 def full_base_state_dict(nested: NestedModel) -> dict[str, torch.Tensor]:
     """The full tensors under the original model's keys, on rank 0's CPU (other ranks get {}); a collective
     (one all-gather per sharded tensor): every rank calls it. Tied weights stay one tensor."""
@@ -145,10 +133,8 @@ def save_one_file(
     """`nested.save(path, metadata)` called by every rank of a run, sharded or not: rank 0 writes the file."""
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     if is_sharded_model(nested):
-        from ..checkpoint import save
-
         tensors = full_base_state_dict(nested)
         if rank == 0:
-            save(_Gathered(nested, tensors), path, metadata)  # type: ignore[arg-type]
+            write(path, tensors, nested.header(metadata))
     elif rank == 0:
         nested.save(str(path), metadata=metadata)

@@ -20,10 +20,10 @@ from torch.optim.lr_scheduler import LambdaLR
 from ..nest import NestedModel
 from ..sampling import Sampler
 from ..spec import Subnet
+from ..tasks import Task
 from .distributed import allreduce_gradients, needs_allreduce, reducer_off, world_size
 from .fsdp import configure_sharding
 from .options import Distill, Optim, Train
-from .tasks import Task
 
 # validation metrics are summed over ranks (strategy.reduce) before they are logged, so sync_dist is not needed
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")

@@ -1,0 +1,111 @@
+"""Plain sub-models out of nested weights: the smaller config, each tensor cut by the family's slicing plan.
+
+`build_submodel` is shared by `NestedModel.extract` (tensors in memory) and `load_submodel` (slices read from a
+one-file checkpoint, nothing else read).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from . import hf
+from .checkpoint import family_of, read_metadata, resolve
+from .families import Family
+from .heads import head_aliases
+from .layers import layer_rank
+from .pooling import pooled_refusal
+from .spec import NestingSpace, Subnet
+
+
+def factorized_ranks(
+    info: Mapping[str, Mapping[str, Any]],
+    full: Mapping[str, int],
+    sizes: Mapping[str, int],
+    space: NestingSpace,
+) -> dict[str, tuple[bool, int]]:
+    """{projection name: (transposed, rank)} of a subnet's factorised projections."""
+    if not info:
+        return {}
+    k = sizes.get("rank", full["rank"])
+    absolute = isinstance(space.values["rank"][0], int)
+    return {
+        name: (e["transposed"], min(layer_rank(k, e["full_rank"], full["rank"], absolute), e["cap"]))
+        for name, e in info.items()
+    }
+
+
+def build_submodel(
+    cls: type,
+    config: Any,
+    family: Family,
+    full: Mapping[str, int],
+    sizes: Mapping[str, int],
+    read_slice,
+    aliases: Mapping[str, str] | None = None,
+    factorized: Mapping[str, tuple[bool, int]] | None = None,
+) -> nn.Module:
+    """Build the plain smaller model; `read_slice(key, index)` returns a new tensor for one index tuple.
+    A factorised projection's weight is fused: U[rows, :r] @ V[:r, cols] for each of its blocks."""
+    family.check_export(full, sizes, cls.__name__)
+    small = hf.empty_model(cls, family.sub_config(config, full, sizes))
+    aliases, factorized = aliases or {}, factorized or {}
+
+    def fused(prefix: str, idx: tuple[slice, ...]) -> torch.Tensor:
+        transposed, r = factorized[prefix]
+        rows, cols = (idx[1], idx[0]) if transposed else idx
+        w = read_slice(f"{prefix}.U", (rows, slice(0, r))) @ read_slice(f"{prefix}.V", (slice(0, r), cols))
+        return w.t().contiguous() if transposed else w
+
+    def read(key: str, shape: tuple[int, ...]) -> torch.Tensor:
+        parts, axis = family.slices(key, shape, full, sizes)
+        source = aliases.get(key, key)
+        prefix, _, leaf = source.rpartition(".")
+        if leaf == "weight" and prefix in factorized:
+            tensors = [fused(prefix, idx) for idx in parts]
+        else:
+            tensors = [read_slice(source, idx) for idx in parts]
+        out = tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=axis)
+        if tuple(out.shape) != shape:
+            raise ValueError(f"{key}: slice has shape {tuple(out.shape)}, the sub-model expects {shape}")
+        return out.contiguous()  # an in-dim slice of a file view is strided; save_pretrained needs contiguous
+
+    return hf.fill_model(small, read)
+
+
+def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
+    """The plain transformers model of one subnet, reading only that subnet's slices of the file."""
+    path = resolve(path)
+    meta = read_metadata(path)
+    if (meta.get("options") or {}).get("pooling") == "mean":
+        raise ValueError(pooled_refusal("load_submodel()", meta["model_class"]))
+    return read_submodel(path, meta, subnet)
+
+
+def read_submodel(path: Path, meta: Mapping[str, Any], subnet: Subnet | str) -> nn.Module:
+    """`load_submodel` without the pooling check (the model's own head reads [CLS])."""
+    config = hf.config_from_dict(meta["config"])
+    family = family_of(meta)
+    full = family.full_sizes(config)
+    low_rank = meta.get("low_rank", {})
+    if low_rank:
+        full["rank"] = max(e["full_rank"] for e in low_rank.values())
+    space = NestingSpace.from_dict(meta["space"]).bind(full, lambda d, v: family.resolve(full, d, v), None)
+    sizes = space.resolve(subnet)
+    with safe_open(str(path), framework="pt") as f:
+        return build_submodel(
+            hf.model_class(meta["model_class"]),
+            config,
+            family,
+            full,
+            sizes,
+            lambda key, idx: f.get_slice(key)[idx],
+            {**meta.get("aliases", {}), **head_aliases(f.keys(), sizes.get("depth", full["depth"]))},
+            factorized_ranks(low_rank, full, sizes, space),
+        )
