@@ -276,6 +276,13 @@ class NestedModel(nn.Module):
         if self.options.get("pooling") == "mean":
             raise ValueError(pooled_refusal(what, type(self.model).__name__))
 
+    def draft(self, subnet: Subnet | str) -> nn.Module:
+        """A plain transformers model of `subnet` whose weights are views of this model's (no copy), e.g. the
+        draft for self-speculative decoding: `nested.generate(ids, assistant_model=nested.draft(sub))`."""
+        from .draft import draft
+
+        return draft(self, subnet)
+
     def header(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """What the one-file checkpoint's header records beside the tensors (`sortednet.checkpoint`)."""
         return {
