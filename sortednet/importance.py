@@ -15,15 +15,15 @@ Depth has no function-preserving permutation; `block_influence` reports how much
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 from .families import Family, family_for
-from .permute import PERMUTABLE, Site, apply_permutation, layer_list, plain_model, sites, unique
+from .permute import PERMUTABLE, Site, apply_permutation, layer_list, sites, target, unique
 from .spec import DIMENSIONS
 
 METHODS = ("activation", "magnitude", "taylor")
@@ -37,30 +37,40 @@ def reorder(
     model: nn.Module,
     batches: Iterable[Batch] = (),
     method: str = "activation",
-    dims: Iterable[str] = ("ffn", "heads"),
+    dims: Iterable[str] | None = None,
     loss: LossFn | None = None,
 ) -> dict[str, Any]:
-    """Permute `model` (plain, not nested) in place by importance; return the JSON-serialisable record.
+    """Permute `model` in place by importance, before training; return the JSON-serialisable record.
 
-    `dims` may be a nesting space's dims: `depth` and `rank` are skipped (layer order; singular values).
-    Put the record in the checkpoint with `nested.metadata["permutation"] = record`. With `hidden`, a model
-    without a head (e.g. BertModel) gives its hidden states in the new channel order: out[..., record hidden].
+    `model` is a plain transformers model (then `nest()` it) or a NestedModel (not nested with rank): then
+    `dims` defaults to its space's dims and the record goes into `model.metadata["permutation"]`, which the
+    one-file checkpoint keeps. `depth` and `rank` in `dims` are skipped (layer order; singular values); a
+    plain model's default is ffn and heads. With `hidden`, a model without a head (e.g. BertModel) gives its
+    hidden states in the new channel order: new_out = old_out[..., record["permutations"]["hidden"]].
     `loss(model, batch) -> scalar` is for `taylor`; by default the model's own loss (batches with labels).
     """
-    model, family = plain_model(model, "reorder()")
+    inner, nested = target(model, "reorder()")
+    if nested is not None and "permutation" in nested.metadata:
+        raise ValueError(
+            "reorder(): this nested model is already reordered (metadata['permutation']); reorder once"
+        )
+    family = family_for(inner.config)
     if method not in METHODS:
         raise ValueError(f"reorder method={method!r} is unknown; allowed: {', '.join(METHODS)}")
+    if dims is None:
+        dims = nested.space.dims if nested is not None else ("ffn", "heads")
     chosen = _permutable(dims, family)
     batches = list(batches)
     if method != "magnitude" and not batches:
         raise ValueError(
             f"reorder method={method!r} needs calibration batches and got none; method='magnitude' needs no data"
         )
-    groups = sites(model, chosen)
-    full = family.full_sizes(model.config)
+    groups = sites(inner, chosen)
+    full = family.full_sizes(inner.config)
     group_size = full["heads"] // full["kv_heads"]
-    with _scoring(model):
-        scores = SCORERS[method](model, groups, batches, loss or _model_loss, group_size)
+    largest = nested.use(nested.space.largest) if nested is not None else contextlib.nullcontext()
+    with largest, _scoring(inner):  # at full width every wrapper calls its base layer, where the hooks are
+        scores = SCORERS[method](inner, groups, batches, loss or _model_loss, group_size)
     record = {
         "method": method,
         "dims": [d for d in PERMUTABLE if d in chosen],
@@ -68,6 +78,8 @@ def reorder(
         "permutations": {key: _order(*scores[key], group_size).tolist() for key in groups},
     }
     apply_permutation(model, record)
+    if nested is not None:
+        nested.metadata["permutation"] = record
     return record
 
 
@@ -98,7 +110,7 @@ def _order(unit: torch.Tensor, group: torch.Tensor | None, group_size: int) -> t
     return torch.cat(heads)
 
 
-@contextmanager
+@contextlib.contextmanager
 def _scoring(model: nn.Module):
     training = model.training
     model.eval()
@@ -239,7 +251,7 @@ def block_influence(model: nn.Module, batches: Iterable[Batch]) -> list[float]:
         with model.use(model.space.largest):
             return block_influence(model.model, batches)
     family = family_for(getattr(model, "config", None))
-    layers = list(layer_list(model, family)._modules.values())
+    layers = layer_list(model, family)
     totals, counts = [0.0] * len(layers), [0.0] * len(layers)
     inputs: list[torch.Tensor | None] = [None] * len(layers)
     mask: list[torch.Tensor | None] = [None]

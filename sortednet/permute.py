@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from transformers.pytorch_utils import Conv1D
 
 from .families import Family, family_for
 from .layers import SlicedLinear
+
+if TYPE_CHECKING:
+    from .nest import NestedModel
 
 PERMUTABLE = ("ffn", "heads", "hidden")
 ROLE_GROUP = {"ffn": "ffn", "q": "heads", "kv": "heads", "hidden": "hidden"}
@@ -50,19 +53,30 @@ class Site:
         return moved.sum(dim=(1, 2))
 
 
-def plain_model(model: nn.Module, what: str) -> tuple[nn.Module, Family]:
+def target(model: nn.Module, what: str) -> tuple[nn.Module, NestedModel | None]:
+    """The transformers model to permute, and the NestedModel around it if there is one. A nested model is
+    permuted through its wrappers (they hold the very same parameters), before training."""
+    from .nest import NestedModel
+
+    if isinstance(model, NestedModel):
+        if model.low_rank_modules():
+            raise ValueError(
+                f"{what} cannot permute a model nested with rank (its factors come from the weights at nest()); "
+                f"reorder the plain model, then nest(model, space)"
+            )
+        return model.model, model
     if any(isinstance(m, SlicedLinear) for m in model.modules()):
-        raise ValueError(
-            f"{what} takes the plain model before nest(); reorder the model, then nest(model, space)"
-        )
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(model, "base_model"):
+        raise ValueError(f"{what} takes the NestedModel itself or a plain model, not nested.model")
+    if getattr(model, "config", None) is None or not hasattr(model, "base_model"):
         raise ValueError(f"{what} takes a transformers PreTrainedModel; got {type(model).__name__}")
-    return model, family_for(config)
+    family_for(model.config)  # a clear error for an unsupported family
+    return model, None
 
 
-def layer_list(model: nn.Module, family: Family) -> nn.ModuleList:
-    return model.base_model.get_submodule(family.layers)
+def layer_list(model: nn.Module, family: Family) -> list[nn.Module]:
+    """Every layer (a NestedLayerList iterates only the active ones)."""
+    layers = model.base_model.get_submodule(family.layers)
+    return [layers[i] for i in range(len(layers))]
 
 
 def sites(model: nn.Module, dims: Iterable[str]) -> dict[str, list[Site]]:
@@ -81,7 +95,7 @@ def sites(model: nn.Module, dims: Iterable[str]) -> dict[str, list[Site]]:
     projections: set[int] = set()
 
     def add(i: int, path: str, role: str, attr: str, axis: int, offset: int, is_input: bool) -> None:
-        module = layers[i].get_submodule(path)
+        module = _unwrapped(layers[i].get_submodule(path))
         if ROLE_GROUP.get(role) not in dims or getattr(module, attr) is None:
             return
         group = "hidden" if role == "hidden" else f"layers.{i}.{ROLE_GROUP[role]}"
@@ -92,7 +106,8 @@ def sites(model: nn.Module, dims: Iterable[str]) -> dict[str, list[Site]]:
     layers = layer_list(model, family)
     for i, layer in enumerate(layers):
         for path, proj in family.projections.items():
-            projections.add(id(layer.get_submodule(path)))
+            wrapped = layer.get_submodule(path)
+            projections |= {id(wrapped), id(_unwrapped(wrapped))}
             offset = 0
             for role in proj.out_roles:  # GPT-2's fused c_attn: q, k, v blocks side by side
                 add(i, path, role, "weight", proj.out_dim, offset, False)
@@ -103,6 +118,10 @@ def sites(model: nn.Module, dims: Iterable[str]) -> dict[str, list[Site]]:
         groups.setdefault("hidden", []).extend(_hidden_sites(model, family, full["hidden"], projections))
         _check_covered(model, groups["hidden"], projections, full["hidden"])
     return groups
+
+
+def _unwrapped(module: nn.Module) -> nn.Module:
+    return module.base_layer if isinstance(module, SlicedLinear) else module
 
 
 def _hidden_sites(model: nn.Module, family: Family, hidden: int, skip: set[int]) -> list[Site]:
@@ -208,7 +227,8 @@ def apply_permutation(model: nn.Module, record: Mapping[str, Any], inverse: bool
     Replaying a record on the original model gives the reordered one exactly (the record is the model's
     permutation, stored in the checkpoint metadata under "permutation").
     """
-    model, family = plain_model(model, "apply_permutation()")
+    model, _ = target(model, "apply_permutation()")
+    family = family_for(model.config)
     full = family.full_sizes(model.config)
     orders = dict(record.get("permutations", {}))
     dims = {("hidden" if k == "hidden" else k.rpartition(".")[2]) for k in orders}

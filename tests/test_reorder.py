@@ -152,6 +152,26 @@ def test_record_replays_inverts_and_goes_into_the_checkpoint(tmp_path):
     assert sn.load(tmp_path / "run.safetensors").metadata["permutation"] == record
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama", "vit"])
+def test_reordering_a_nested_model_equals_reordering_before_nest(name):
+    """The one-line form: reorder(nested, ...) permutes what the space nests and records it in the metadata."""
+    space = sn.NestingSpace(depth=[2, 4], ffn=[0.5, 1.0], heads=[2, 4], hidden=[0.5, 1.0])
+    batches = calibration(name)
+    before = build(name)
+    record = sn.reorder(before, batches, dims=space.dims)
+    assert record["dims"] == ["ffn", "heads", "hidden"]
+    before = sn.nest(before, space)
+    nested = sn.nest(build(name), space)
+    assert sn.reorder(nested, batches) == record == nested.metadata["permutation"]
+    batch = inputs(name)
+    with torch.no_grad():
+        for subnet in (space.largest, "depth=2,ffn=0.5,heads=2,hidden=0.5"):
+            with nested.use(subnet), before.use(subnet):
+                assert torch.equal(output(nested, batch), output(before, batch))
+    with pytest.raises(ValueError, match=r"already reordered"):
+        sn.reorder(nested, batches)
+
+
 def test_block_influence_finds_a_layer_that_does_nothing():
     model, batches = build("llama"), calibration("llama")
     with torch.no_grad():  # layer 2 adds nothing to the residual stream
@@ -178,8 +198,12 @@ def test_block_influence_finds_a_layer_that_does_nothing():
             r"needs a loss and BertModel returned",
         ),
         (
-            lambda m: sn.reorder(sn.nest(m, sn.NestingSpace(depth=[2, 4])), method="magnitude"),
-            r"takes the plain model before nest\(\)",
+            lambda m: sn.reorder(sn.nest(m, sn.NestingSpace(rank=[0.5, 1.0])), method="magnitude"),
+            r"cannot permute a model nested with rank",
+        ),
+        (
+            lambda m: sn.reorder(sn.nest(m, sn.NestingSpace(depth=[2, 4])).model, method="magnitude"),
+            r"takes the NestedModel itself or a plain model, not nested.model",
         ),
         (
             lambda m: sn.apply_permutation(m, {"permutations": {"layers.0.ffn": [0, 0, 1]}}),
