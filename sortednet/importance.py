@@ -1,4 +1,4 @@
-"""Importance order of a pretrained model, before nesting it; and per-layer importance for depth.
+"""Importance order of a pretrained model, before training it nested; and per-layer importance for depth.
 
 `reorder(model, batches, method)` scores every FFN neuron, attention head (kv groups as a whole, then heads within
 a group) and, when asked, hidden channel, and permutes each group so that the most important units come first:

@@ -60,11 +60,11 @@ def test_scores_are_sorted_after_reorder(name, method):
     scores = SCORERS[method](model.eval(), groups, batches, lambda m, b: m(**b).loss, group_size)
     for key, (unit, kv) in scores.items():
         if kv is None:
-            assert torch.all(unit[:-1] >= unit[1:] - 1e-9 * unit.abs().max()), key
+            assert torch.all(unit[:-1] >= unit[1:] - 1e-6 * unit.abs().max()), key
         else:
-            assert torch.all(kv[:-1] >= kv[1:] - 1e-9 * kv.abs().max()), key
+            assert torch.all(kv[:-1] >= kv[1:] - 1e-6 * kv.abs().max()), key
             within = unit.view(-1, group_size)
-            assert torch.all(within[:, :-1] >= within[:, 1:] - 1e-9 * unit.abs().max()), key
+            assert torch.all(within[:, :-1] >= within[:, 1:] - 1e-6 * unit.abs().max()), key
         assert torch.equal(_order(unit, kv, group_size), torch.arange(len(unit))) or method == "taylor", key
 
 
