@@ -49,12 +49,11 @@ def reorder(
     hidden states in the new channel order: new_out = old_out[..., record["permutations"]["hidden"]].
     `loss(model, batch) -> scalar` is for `taylor`; by default the model's own loss (batches with labels).
     """
-    inner, nested = target(model, "reorder()")
+    inner, family, nested = target(model, "reorder()")
     if nested is not None and "permutation" in nested.metadata:
         raise ValueError(
             "reorder(): this nested model is already reordered (metadata['permutation']); reorder once"
         )
-    family = family_for(inner.config)
     if method not in METHODS:
         raise ValueError(f"reorder method={method!r} is unknown; allowed: {', '.join(METHODS)}")
     if dims is None:
@@ -65,7 +64,7 @@ def reorder(
         raise ValueError(
             f"reorder method={method!r} needs calibration batches and got none; method='magnitude' needs no data"
         )
-    groups = sites(inner, chosen)
+    groups = sites(inner, family, chosen)
     full = family.full_sizes(inner.config)
     group_size = full["heads"] // full["kv_heads"]
     largest = nested.use(nested.space.largest) if nested is not None else contextlib.nullcontext()
@@ -249,8 +248,11 @@ def block_influence(model: nn.Module, batches: Iterable[Batch]) -> list[float]:
 
     if isinstance(model, NestedModel):
         with model.use(model.space.largest):
-            return block_influence(model.model, batches)
-    family = family_for(getattr(model, "config", None))
+            return _block_influence(model.model, model.family, batches)
+    return _block_influence(model, family_for(getattr(model, "config", None)), batches)
+
+
+def _block_influence(model: nn.Module, family: Family, batches: Iterable[Batch]) -> list[float]:
     layers = layer_list(model, family)
     totals, counts = [0.0] * len(layers), [0.0] * len(layers)
     inputs: list[torch.Tensor | None] = [None] * len(layers)

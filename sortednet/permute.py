@@ -53,9 +53,9 @@ class Site:
         return moved.sum(dim=(1, 2))
 
 
-def target(model: nn.Module, what: str) -> tuple[nn.Module, NestedModel | None]:
-    """The transformers model to permute, and the NestedModel around it if there is one. A nested model is
-    permuted through its wrappers (they hold the very same parameters), before training."""
+def target(model: nn.Module, what: str) -> tuple[nn.Module, Family, NestedModel | None]:
+    """The transformers model to permute, its family, and the NestedModel around it if there is one. A nested
+    model is permuted through its wrappers (they hold the very same parameters), before training."""
     from .nest import NestedModel
 
     if isinstance(model, NestedModel):
@@ -64,13 +64,12 @@ def target(model: nn.Module, what: str) -> tuple[nn.Module, NestedModel | None]:
                 f"{what} cannot permute a model nested with rank (its factors come from the weights at nest()); "
                 f"reorder the plain model, then nest(model, space)"
             )
-        return model.model, model
+        return model.model, model.family, model
     if any(isinstance(m, SlicedLinear) for m in model.modules()):
         raise ValueError(f"{what} takes the NestedModel itself or a plain model, not nested.model")
     if getattr(model, "config", None) is None or not hasattr(model, "base_model"):
         raise ValueError(f"{what} takes a transformers PreTrainedModel; got {type(model).__name__}")
-    family_for(model.config)  # a clear error for an unsupported family
-    return model, None
+    return model, family_for(model.config), None
 
 
 def layer_list(model: nn.Module, family: Family) -> list[nn.Module]:
@@ -79,9 +78,8 @@ def layer_list(model: nn.Module, family: Family) -> list[nn.Module]:
     return [layers[i] for i in range(len(layers))]
 
 
-def sites(model: nn.Module, dims: Iterable[str]) -> dict[str, list[Site]]:
+def sites(model: nn.Module, family: Family, dims: Iterable[str]) -> dict[str, list[Site]]:
     """{group: its sites} for the groups of `dims` (a subset of PERMUTABLE)."""
-    family = family_for(model.config)
     full = family.full_sizes(model.config)
     dims = set(dims)
     widths = family.role_sizes(full, {})
@@ -227,8 +225,7 @@ def apply_permutation(model: nn.Module, record: Mapping[str, Any], inverse: bool
     Replaying a record on the original model gives the reordered one exactly (the record is the model's
     permutation, stored in the checkpoint metadata under "permutation").
     """
-    model, _ = target(model, "apply_permutation()")
-    family = family_for(model.config)
+    model, family, _ = target(model, "apply_permutation()")
     full = family.full_sizes(model.config)
     orders = dict(record.get("permutations", {}))
     dims = {("hidden" if k == "hidden" else k.rpartition(".")[2]) for k in orders}
@@ -237,7 +234,7 @@ def apply_permutation(model: nn.Module, record: Mapping[str, Any], inverse: bool
         raise ValueError(
             f"permutation record names {sorted(unknown)}; allowed groups: {', '.join(PERMUTABLE)}"
         )
-    groups = sites(model, dims)
+    groups = sites(model, family, dims)
     missing = set(orders) - set(groups)
     if missing:
         raise ValueError(
