@@ -103,7 +103,7 @@ def sites(model: nn.Module, family: Family, dims: Iterable[str]) -> dict[str, li
 
     layers = layer_list(model, family)
     for i, layer in enumerate(layers):
-        for path, proj in family.projections.items():
+        for path, proj in family.layer_projections(layer).items():
             wrapped = layer.get_submodule(path)
             projections |= {id(wrapped), id(_unwrapped(wrapped))}
             offset = 0
