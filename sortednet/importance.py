@@ -10,14 +10,15 @@ sorting, Minitron's activation importance). The model's function is unchanged. M
 - `taylor`: first-order loss change if the unit were removed, |sum of w * dL/dw over its weights|, summed per
   batch (DynaBERT, OFA).
 
-Depth has no function-preserving permutation; `block_influence` reports how much each layer changes its input.
+Depth has no function-preserving permutation; `block_influence` reports how much each layer changes its input
+(`influence_record` / `influence_line`: the form the checkpoint metadata, sortednet-info and -eval use).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +26,9 @@ from torch import nn
 from .families import Family, family_for
 from .permute import PERMUTABLE, Site, apply_permutation, layer_list, sites, target, unique
 from .spec import DIMENSIONS
+
+if TYPE_CHECKING:
+    from .nest import NestedModel
 
 METHODS = ("activation", "magnitude", "taylor")
 Batch = Mapping[str, Any]
@@ -293,3 +297,21 @@ def _block_influence(model: nn.Module, family: Family, batches: Iterable[Batch])
         for h in handles:
             h.remove()
     return [t / c if c else float("nan") for t, c in zip(totals, counts, strict=True)]
+
+
+def influence_record(nested: NestedModel, batches: Iterable[Mapping[str, Any]], what: str) -> dict[str, Any]:
+    """Block influence of every layer (1 - cos(input, output)) on `batches` (labels dropped), as stored in the
+    checkpoint metadata under "block_influence"."""
+    batches = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
+    values = block_influence(nested, batches)
+    return {"values": [round(v, 6) for v in values], "data": what, "batches": len(batches)}
+
+
+def influence_line(record: Mapping[str, Any]) -> str:
+    values = record["values"]
+    cheapest = sorted(range(len(values)), key=values.__getitem__)[: max(1, len(values) // 3)]
+    return (
+        "block influence per layer (1 - cos(input, output), low = cheap to cut): "
+        + "  ".join(f"{i}: {v:.3f}" for i, v in enumerate(values))
+        + f"; cheapest: {', '.join(str(i) for i in sorted(cheapest))}"
+    )
