@@ -27,6 +27,7 @@ ALLOWED = (
 
 def draft(nested: NestedModel, subnet: Subnet | str) -> nn.Module:
     """The plain model of `subnet` sharing storage with `nested` (frozen: requires_grad False, eval mode)."""
+    nested._refuse_pooled("draft()")
     subnet = nested.space.normalize(Subnet.parse(subnet))
     family, full = nested.family, nested.full
     sizes = nested.space.resolve(subnet)
