@@ -53,6 +53,7 @@ def test_draft_sees_in_place_updates_of_the_nested_weights(name):
         assert (output(draft, batch) - want).abs().max().item() <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, subnet", CASES)
 def test_assisted_generation_with_the_draft_equals_the_full_model_alone(name, subnet):
     nested = sn.nest(build(name), SPACE)

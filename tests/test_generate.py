@@ -19,6 +19,7 @@ def prompts(alone: bool):
     return batches + [{"input_ids": inputs("llama", batch=1, seq=7)["input_ids"]}] if alone else batches
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", DECODERS)
 def test_every_subnet_generates_as_its_extracted_model(name):
     nested = sn.nest(build(name), SPACE)
