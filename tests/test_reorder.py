@@ -234,3 +234,13 @@ def test_a_permutation_that_splits_a_kv_group_is_refused():
         ValueError, match=r"splits a grouped-query attention group; allowed: whole groups of 2"
     ):
         sn.apply_permutation(build("llama"), {"permutations": {"layers.0.heads": [1, 2, 0, 3]}})
+
+
+@pytest.mark.parametrize("name", [n for n in FAMILIES if "hidden" not in family(n).dims])
+def test_hidden_is_reordered_only_where_the_family_nests_it(name):
+    model = build(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"'hidden' cannot be reordered for family") as err:
+        sn.reorder(model, method="magnitude", dims=["ffn", "hidden"])
+    assert "\n" not in str(err.value)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # refused before any change
