@@ -35,9 +35,15 @@ def digits(cfg):
     return data
 
 
-@pytest.mark.parametrize("method", ["activation", "magnitude", "taylor"])
-def test_reorder_before_training_keeps_the_function_and_is_recorded(method, tmp_path):
-    cfg = config(tmp_path, f"nesting.reorder={method}", "nesting.reorder_batches=2")
+CHAR_GPT2 = ["experiment=shakespeare_gpt2", "data.max_chars=40000", "data.batch_size=4"]
+
+
+@pytest.mark.parametrize(
+    "method, recipe",
+    [("activation", []), ("magnitude", []), ("taylor", []), ("activation", CHAR_GPT2), ("taylor", CHAR_GPT2)],
+)
+def test_reorder_before_training_keeps_the_function_and_is_recorded(method, recipe, tmp_path):
+    cfg = config(tmp_path, *recipe, f"nesting.reorder={method}", "nesting.reorder_batches=2")
     checked = check_config(cfg)
     data = digits(cfg)
     spec: ModelSpec = checked.model
