@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import hf
+from .heads import head_aliases
 from .spec import Subnet
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ ALLOWED = (
 
 def draft(nested: NestedModel, subnet: Subnet | str) -> nn.Module:
     """The plain model of `subnet` sharing storage with `nested` (frozen: requires_grad False, eval mode)."""
-    nested._refuse_pooled("draft()")
     subnet = nested.space.normalize(Subnet.parse(subnet))
     family, full = nested.family, nested.full
     sizes = nested.space.resolve(subnet)
@@ -43,6 +43,7 @@ def draft(nested: NestedModel, subnet: Subnet | str) -> nn.Module:
     except ValueError as err:
         raise refuse(str(err).partition(";")[0]) from None
     source = nested.base_state_dict()
+    aliases = head_aliases(source, sizes.get("depth", full["depth"]))  # head=per_depth: this depth's copy
     small = hf.empty_model(cls, family.sub_config(nested.model.config, full, sizes))
 
     def view(key: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -50,7 +51,7 @@ def draft(nested: NestedModel, subnet: Subnet | str) -> nn.Module:
         index = _one_slice(parts, axis)
         if index is None:
             raise refuse(f"{key} is a fused projection whose blocks shrink apart, so it is not one view")
-        return source[key][index]
+        return source[aliases.get(key, key)][index]
 
     small = hf.fill_model(small, view)
     small.requires_grad_(False)

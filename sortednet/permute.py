@@ -124,7 +124,7 @@ def _unwrapped(module: nn.Module) -> nn.Module:
 
 def _hidden_sites(model: nn.Module, family: Family, hidden: int, skip: set[int]) -> list[Site]:
     """Every tensor axis outside the layer projections that `hidden` nesting cuts (see NestedModel._inject_hidden)."""
-    from .nest import _is_norm
+    from .nest import is_norm
 
     found: list[Site] = []
 
@@ -153,7 +153,7 @@ def _hidden_sites(model: nn.Module, family: Family, hidden: int, skip: set[int])
                             add(sub, attr, sub_name, p.dim() - 1)
         elif isinstance(module, nn.Embedding) and module.embedding_dim == hidden:
             add(module, "weight", name, 1)
-        elif _is_norm(module) and tuple(module.weight.shape) == (hidden,):
+        elif is_norm(module) and tuple(module.weight.shape) == (hidden,):
             add(module, "weight", name, 0)
             add(module, "bias", name, 0)
         elif isinstance(module, (nn.Linear, Conv1D)):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import transformers as T
 from tiny import build, inputs, output
 
 import sortednet as sn
@@ -102,3 +103,26 @@ def test_what_cannot_be_a_view_is_refused_in_one_line(name, space, subnet, messa
     with pytest.raises(ValueError, match=message) as err:
         nested.draft(subnet)
     assert "\n" not in str(err.value) and "allowed: depth and ffn subnets" in str(err.value)
+
+
+def test_draft_of_a_per_depth_head_model_reads_its_depths_own_head():
+    torch.manual_seed(0)
+    config = T.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=48,
+        tie_word_embeddings=False,
+    )
+    nested = sn.nest(T.LlamaForCausalLM(config).eval(), SPACE, head="per_depth")
+    with torch.no_grad():  # the depth-2 copy of the LM head differs from the full model's
+        nested.model.lm_head.depth_heads["2"].weight.mul_(-1.5)
+    subnet = "depth=2,ffn=0.5,heads=2"
+    draft = nested.draft(subnet)
+    copy = nested.model.lm_head.depth_heads["2"].weight
+    assert draft.lm_head.weight.data_ptr() == copy.data_ptr()
+    batch = inputs("llama")
+    with torch.no_grad(), nested.use(subnet):
+        assert (output(draft, batch) - output(nested, batch)).abs().max().item() <= 1e-5

@@ -244,3 +244,26 @@ def test_hidden_is_reordered_only_where_the_family_nests_it(name):
         sn.reorder(model, method="magnitude", dims=["ffn", "hidden"])
     assert "\n" not in str(err.value)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # refused before any change
+
+
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_reorder_with_per_depth_heads_keeps_every_depth(name):
+    """With head='per_depth' every depth's own head copy reads the permuted hidden channels too."""
+    model = build(name)
+    if name == "llama":
+        torch.manual_seed(0)
+        model = type(model)(type(model.config)(**{**model.config.to_dict(), "tie_word_embeddings": False}))
+    space = sn.NestingSpace(depth=[2, 4], ffn=[0.5, 1.0], heads=[2, 4], hidden=[0.5, 1.0])
+    nested = sn.nest(model.eval(), space, head="per_depth")
+    batch = inputs(name)
+    with torch.no_grad():
+        want = {s: output_at(nested, s, batch) for s in ("depth=2", "depth=4")}
+    sn.reorder(nested, calibration(name), method="activation")
+    with torch.no_grad():
+        for subnet, before in want.items():
+            assert (output_at(nested, subnet, batch) - before).abs().max().item() <= 1e-5, subnet
+
+
+def output_at(nested, subnet, batch):
+    with nested.use(subnet):
+        return output(nested, batch)
