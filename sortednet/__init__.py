@@ -2,9 +2,22 @@
 
 from .checkpoint import read_metadata
 from .export import load_submodel
+from .importance import block_influence, reorder
 from .nest import NestedModel, nest
+from .permute import apply_permutation
 from .restore import load
 from .spec import NestingSpace, Subnet
 
 __version__ = "0.1.0"
-__all__ = ["NestedModel", "NestingSpace", "Subnet", "load", "load_submodel", "nest", "read_metadata"]
+__all__ = [
+    "NestedModel",
+    "NestingSpace",
+    "Subnet",
+    "apply_permutation",
+    "block_influence",
+    "load",
+    "load_submodel",
+    "nest",
+    "read_metadata",
+    "reorder",
+]

@@ -103,6 +103,8 @@ OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
     "options": (dict,),
     "nonfinite": (list,),
     "family": (dict,),
+    "permutation": (dict,),
+    "block_influence": (dict,),
 }
 
 

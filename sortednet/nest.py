@@ -159,7 +159,7 @@ class NestedModel(nn.Module):
                 continue
             if isinstance(module, nn.Embedding) and module.embedding_dim == hidden:
                 _replace(self.model, name, SlicedEmbedding(module, self.state))
-            elif _is_norm(module) and tuple(module.weight.shape) == (hidden,):
+            elif is_norm(module) and tuple(module.weight.shape) == (hidden,):
                 _replace(self.model, name, SlicedNorm(module))
             elif isinstance(module, (nn.Linear, Conv1D)):
                 out = module.weight.shape[1 if isinstance(module, Conv1D) else 0]
@@ -276,6 +276,14 @@ class NestedModel(nn.Module):
         if self.options.get("pooling") == "mean":
             raise ValueError(pooled_refusal(what, type(self.model).__name__))
 
+    def draft(self, subnet: Subnet | str) -> nn.Module:
+        """A plain transformers model of `subnet` whose weights are views of this model's (no copy), e.g. the
+        draft for self-speculative decoding: `nested.generate(ids, assistant_model=nested.draft(sub))`."""
+        from .draft import draft
+
+        self._refuse_pooled("draft()")
+        return draft(self, subnet)
+
     def header(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """What the one-file checkpoint's header records beside the tensors (`sortednet.checkpoint`)."""
         return {
@@ -308,7 +316,7 @@ def _inside_wrapper(root: nn.Module, path: str) -> bool:
     return False
 
 
-def _is_norm(module: nn.Module) -> bool:
+def is_norm(module: nn.Module) -> bool:
     rms = type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon")
     return (isinstance(module, nn.LayerNorm) and module.weight is not None) or rms
 

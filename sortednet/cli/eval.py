@@ -151,6 +151,7 @@ def evaluate_checkpoint(
 
     from ..checkpoint import resolve, update_metadata
     from ..evaluate import evaluate, headline_metric
+    from ..importance import influence_record as influence
     from ..measure import pick_subnets
     from ..report import plot_pareto, write_table
     from ..tasks import task_for
@@ -217,9 +218,11 @@ def evaluate_checkpoint(
         costs = [c for c in ("params", "latency_ms") if c in rows[0]]
         write_table(rows, out_dir)
         plot_pareto(rows, Path(out_dir) / "pareto.png", metric, higher, costs, title=info["title"])
+    info["block_influence"] = influence(nested, batches, "validation")
     if s["write_checkpoint"]:
         nested.to("cpu")
-        update_metadata(path, eval_table=rows, eval_info=info)
+        own = {k: v for k, v in info.items() if k != "block_influence"}
+        update_metadata(path, eval_table=rows, eval_info=own, block_influence=info["block_influence"])
     return rows, info
 
 
@@ -257,6 +260,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         _refuse(err, out_dir, existed)
     except OmegaConfBaseException as err:
         _refuse(ValueError(str(err).splitlines()[0]), out_dir, existed)
+    from ..importance import influence_line
     from ..report import pareto_front, print_table
 
     front = [
@@ -264,6 +268,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     ]
     print_table(rows, title=info["title"], metric=info["metric"], highlight=front)
     print(f"green: the Pareto frontier of {info['metric']} against params ({len(front)} of {len(rows)})")
+    print(influence_line(info["block_influence"]))
     per = info["seconds"] / max(len(rows), 1)
     print(f"{len(rows)} subnets in {info['seconds']:.1f} s ({per:.2f} s per subnet) on {info['device_name']}")
     print(

@@ -60,6 +60,24 @@ def training_summary(cfg: Mapping[str, Any], meta: Mapping[str, Any]) -> list[tu
     return lines
 
 
+def elastic_summary(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The importance order applied before training, and each layer's block influence (what depth cuts cost)."""
+    lines = []
+    perm = meta.get("permutation")
+    if perm:
+        data = f" on {perm.get('batches')} calibration batches" if perm.get("batches") else ""
+        lines.append(("importance order", f"{perm.get('method')}{data}: {', '.join(perm.get('dims', []))}"))
+    influence = meta.get("block_influence")
+    if influence and influence.get("values"):
+        from ..importance import influence_line
+
+        text = influence_line(influence).replace("block influence per layer ", "")
+        lines.append(
+            ("block influence", f"{text} ({influence.get('batches')} {influence.get('data')} batches)")
+        )
+    return lines
+
+
 @command(PROG)
 def main(argv: Sequence[str] | None = None) -> None:
     parser = Parser(prog=PROG, description="What a sortednet checkpoint holds (read from its header).")
@@ -98,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         grid.add_row(
             "training", "no train_config in the metadata (saved with NestedModel.save, not sortednet-train)"
         )
+    for key, value in elastic_summary(meta):
+        grid.add_row(key, value)
     rows = meta.get("eval_table") or []
     info = meta.get("eval_info") or {}
     if info:

@@ -27,9 +27,9 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from ..checks import number
-from ..nest import nest
 from ..sampling import Sampler
 from ..spec import NestingSpace
+from ..train.calibrate import Reorder, check_resume_reorder, split_nesting
 from ..train.models import ModelSpec, offline_model_path
 from ..train.module import check_distill
 from ..train.options import Optim, Train, check_trainer
@@ -47,6 +47,7 @@ class Checked:
     make_sampler: Callable[[NestingSpace], Sampler]
     optim: Optim
     train: Train
+    reorder: Reorder
 
 
 def container(node: Any) -> Any:
@@ -73,7 +74,9 @@ def check_config(cfg: DictConfig) -> Checked:
     group's object checks its own values when made (ModelSpec, NestingSpace, the sampler, Optim, Train)."""
     number("seed", cfg.seed, int, low=0)
     model = make(cfg.model)
-    space = make(cfg.nesting)
+    nesting, reorder = split_nesting(container(cfg.nesting))
+    space = make(nesting)
+    reorder.check(space)
     sampler_for = make(cfg.sampler, seed=cfg.seed)
     sampler = sampler_for(space)
     for subnet in cfg.val.subnets or []:
@@ -102,12 +105,14 @@ def check_config(cfg: DictConfig) -> Checked:
         from ..train.checkpoint_io import check_resume
 
         check_resume(cfg.ckpt_path, space.to_dict())
-    return Checked(model, space, sampler_for, Optim(**container(cfg.optim)), train)
+        check_resume_reorder(cfg.ckpt_path, reorder)
+    return Checked(model, space, sampler_for, Optim(**container(cfg.optim)), train, reorder)
 
 
 def build(cfg: DictConfig, checked: Checked):
     """Data module, nested model and Lightning module, as the config says."""
     from ..train import SortedNetModule, task_for
+    from ..train.calibrate import nest_for_training
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = make(cfg.data)
@@ -115,10 +120,20 @@ def build(cfg: DictConfig, checked: Checked):
     data.setup("fit")
     data.train_dataloader()  # its checks (a batch larger than the data) before anything trains
     model = checked.model.build(data.model_kwargs())
-    nested = nest(model, checked.space, pooling=checked.model.pooling, head=checked.model.head)
+    task = task_for(data.task)
+    nested = nest_for_training(
+        model,
+        checked.space,
+        checked.reorder,
+        data,
+        task,
+        cfg.ckpt_path,
+        pooling=checked.model.pooling,
+        head=checked.model.head,
+    )
     module = SortedNetModule(
         nested,
-        task_for(data.task),
+        task,
         checked.make_sampler(nested.space),
         optim=checked.optim,
         accumulate=checked.train.accumulate,
@@ -168,6 +183,8 @@ def finish(cfg: DictConfig, trainer: L.Trainer, data, module, run_dir: Path) -> 
     the one-file checkpoint's header (a header rewrite: the pair stays of one step)."""
     from ..checkpoint import update_metadata
     from ..evaluate import evaluate_subnets
+    from ..importance import influence_line
+    from ..importance import influence_record as block_influence
     from ..report import print_table, write_table
     from ..restore import load
     from ..train.checkpoint_io import one_file_path, save_pair
@@ -197,7 +214,11 @@ def finish(cfg: DictConfig, trainer: L.Trainer, data, module, run_dir: Path) -> 
         print_table(
             rows, title=f"{cfg.name}: every sub-model on the validation set", metric=module.task.metric
         )
-        update_metadata(one_file_path(last), eval_table=rows)
+        influence = block_influence(
+            nested, itertools.islice(data.val_dataloader(), cfg.eval_table.max_batches), "validation"
+        )
+        print(influence_line(influence))
+        update_metadata(one_file_path(last), eval_table=rows, block_influence=influence)
     log_final(trainer, rows, run_dir, one_file_path(last), {"global_step": trainer.global_step})
     print(f"run folder: {run_dir}\n  {last}\n  {one_file_path(last)}")
     return rows
