@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .slice_grad import embedding, linear
+
 # Roles: which active size an axis follows. "q" = heads * head_dim, "kv" = kv_heads * head_dim.
 ROLES = ("depth", "hidden", "q", "kv", "ffn", "rank")
 FIXED = "fixed"  # an output that never shrinks (a classifier's labels, an LM head's vocabulary)
@@ -89,25 +91,13 @@ class SlicedLinear(Wrapper):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         widths = self._block_widths()
         in_width = x.shape[-1]
+        weight, bias = self.base_layer.weight, self.base_layer.bias
         if in_width == self.full_in and sum(widths) == self.full_out:
             return self.base_layer(x)
-        weight, bias = self.base_layer.weight, self.base_layer.bias
-        if len(widths) == 1:
-            return self._project(x, weight, bias, 0, widths[0], in_width)
-        outs = [
-            self._project(x, weight, bias, off, w, in_width)
-            for (off, _), w in zip(self.blocks, widths, strict=True)
-        ]
-        return torch.cat(outs, dim=-1)
-
-    def _project(self, x, weight, bias, offset: int, width: int, in_width: int) -> torch.Tensor:
-        b = None if bias is None else bias[offset : offset + width]
-        if self.transposed:
-            w = weight[:in_width, offset : offset + width]
-            flat = x.reshape(-1, in_width)
-            out = flat @ w if b is None else torch.addmm(b, flat, w)
-            return out.view(*x.shape[:-1], width)
-        return F.linear(x, weight[offset : offset + width, :in_width], b)
+        outs = []
+        for (offset, _), width in zip(self.blocks, widths, strict=True):
+            outs.append(linear(x, weight, bias, offset, offset + width, self.transposed))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
     def extra_repr(self) -> str:
         return f"blocks={self.blocks}, in_role={self.in_role!r}, transposed={self.transposed}"
@@ -165,11 +155,10 @@ class LowRankLinear(SlicedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r, widths, bias = self.rank(), self._block_widths(), self.base_layer.bias
-        h = F.linear(x, self.V[:r, : x.shape[-1]])
+        h = linear(x, self.V, None, 0, r)
         outs = []
         for (offset, _), width in zip(self.blocks, widths, strict=True):
-            b = None if bias is None else bias[offset : offset + width]
-            outs.append(F.linear(h, self.U[offset : offset + width, :r], b))
+            outs.append(linear(h, self.U, bias, offset, offset + width))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
     def extra_repr(self) -> str:
@@ -204,7 +193,10 @@ class NestedLayerList(nn.ModuleList):
 
 
 class SlicedNorm(Wrapper):
-    """LayerNorm or HF RMSNorm over the first d features of the residual stream (d = the input's width)."""
+    """LayerNorm or HF RMSNorm over the first d features of the residual stream (d = the input's width).
+
+    Its weight and bias keep autograd's slice gradient: 1-D, `hidden` values, so the full-size zero fill is
+    negligible, and the fused norm kernels stay."""
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
@@ -238,20 +230,13 @@ class SlicedEmbedding(Wrapper):
         d, base = self.state.hidden, self.base_layer
         if d == base.embedding_dim:
             return base(ids)
-        return F.embedding(
-            ids,
-            base.weight[:, :d],
-            base.padding_idx,
-            base.max_norm,
-            base.norm_type,
-            base.scale_grad_by_freq,
-            base.sparse,
-        )
+        return embedding(ids, base, d)
 
 
 class SlicedOutput(Wrapper):
     """Any module whose output features are independent of each other (ViT's patch + position embeddings):
-    run it, keep the first `state.hidden` features."""
+    run it, keep the first `state.hidden` features. The base module runs whole, so its parameters' gradients
+    are autograd's own (the cut is of an activation, not a weight)."""
 
     def __init__(self, base_layer: nn.Module, state: NestState) -> None:
         super().__init__()
