@@ -102,7 +102,14 @@ def check_config(cfg: DictConfig) -> Checked:
         from ..train.checkpoint_io import check_resume
 
         check_resume(cfg.ckpt_path, space.to_dict())
-    return Checked(model, space, sampler_for, Optim(**container(cfg.optim)), train)
+    optim = Optim(**container(cfg.optim))
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if optim.update == "touched" and "fsdp" in strategy:
+        raise ValueError(
+            f"optim.update='touched' is not supported with trainer.strategy={strategy} (the optimizer holds "
+            "shards, not the tensors the subnets slice); allowed with FSDP: optim.update=all"
+        )
+    return Checked(model, space, sampler_for, optim, train)
 
 
 def build(cfg: DictConfig, checked: Checked):
