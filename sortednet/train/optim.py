@@ -89,9 +89,9 @@ class NestedAdamW(torch.optim.AdamW):
     ) -> None:
         groups = list(params)
         flat = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
-        if fused is None:
-            fused = touched is None and fused_supported(flat)
-        # touched: not fused as a whole (a GradScaler must unscale before step); fused per contiguous part
+        # touched: never fused as a whole (its step() is its own, and a GradScaler must unscale before it);
+        # fused per contiguous part instead
+        fused = touched is None and (fused_supported(flat) if fused is None else fused)
         self.touched = touched
         self.fused_parts = touched is not None and fused_supported(flat)
         super().__init__(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused or None)
