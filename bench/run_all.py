@@ -28,6 +28,7 @@ BENCHMARKS = {
     "submodel_memory": "7. load_submodel peak memory / subnet weights",
     "rank": "8. rank-r subnet forward / two-layer model; params and latency across ranks",
     "bench_ddp": "9. data parallel: nested DDP step / plain Lightning DDP (2 processes)",
+    "grad_slices": "10. subnet train step / dense: autograd slices + AdamW vs slice-aware grads + fused AdamW",
 }
 OUT = Path(__file__).parent / "out" / "results.md"
 

@@ -15,18 +15,35 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from .slice_grad import embedding, linear
+
 # Roles: which active size an axis follows. "q" = heads * head_dim, "kv" = kv_heads * head_dim.
 ROLES = ("depth", "hidden", "q", "kv", "ffn", "rank")
 FIXED = "fixed"  # an output that never shrinks (a classifier's labels, an LM head's vocabulary)
 
 
-class NestState:
-    """The active sizes, shared by every wrapper of one nested model."""
+Box = tuple[tuple[int, int], ...]  # a (start, stop) per dimension of a parameter: the part a forward used
 
-    __slots__ = ROLES
+
+class NestState:
+    """The active sizes, shared by every wrapper of one nested model.
+
+    `touched`, when a dict (the optimizer's `update=touched`), collects per parameter the boxes that forwards
+    with gradient used since the last optimizer step; None (the default) records nothing.
+    """
+
+    __slots__ = (*ROLES, "touched")
 
     def __init__(self, sizes: Mapping[str, int]) -> None:
+        self.touched: dict[nn.Parameter, list[Box]] | None = None
         self.set(sizes)
+
+    def touch(self, param: torch.Tensor | None, *box: tuple[int, int]) -> None:
+        """Record that a forward used `param[box]` (the whole parameter when no box is given)."""
+        touched = self.touched
+        if touched is None or param is None or not param.requires_grad or not torch.is_grad_enabled():
+            return
+        touched.setdefault(param, []).append(box or tuple((0, n) for n in param.shape))
 
     def set(self, sizes: Mapping[str, int]) -> None:
         for role in ROLES:
@@ -89,25 +106,23 @@ class SlicedLinear(Wrapper):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         widths = self._block_widths()
         in_width = x.shape[-1]
-        if in_width == self.full_in and sum(widths) == self.full_out:
-            return self.base_layer(x)
         weight, bias = self.base_layer.weight, self.base_layer.bias
-        if len(widths) == 1:
-            return self._project(x, weight, bias, 0, widths[0], in_width)
-        outs = [
-            self._project(x, weight, bias, off, w, in_width)
-            for (off, _), w in zip(self.blocks, widths, strict=True)
-        ]
-        return torch.cat(outs, dim=-1)
+        if in_width == self.full_in and sum(widths) == self.full_out:
+            self.state.touch(weight)
+            self.state.touch(bias)
+            return self.base_layer(x)
+        outs = []
+        for (offset, _), width in zip(self.blocks, widths, strict=True):
+            self._touch(weight, bias, offset, offset + width, in_width)
+            outs.append(linear(x, weight, bias, offset, offset + width, self.transposed))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
-    def _project(self, x, weight, bias, offset: int, width: int, in_width: int) -> torch.Tensor:
-        b = None if bias is None else bias[offset : offset + width]
-        if self.transposed:
-            w = weight[:in_width, offset : offset + width]
-            flat = x.reshape(-1, in_width)
-            out = flat @ w if b is None else torch.addmm(b, flat, w)
-            return out.view(*x.shape[:-1], width)
-        return F.linear(x, weight[offset : offset + width, :in_width], b)
+    def _touch(self, weight, bias, start: int, stop: int, in_width: int) -> None:
+        if self.state.touched is None:
+            return
+        rows, cols = (start, stop), (0, in_width)
+        self.state.touch(weight, *((cols, rows) if self.transposed else (rows, cols)))
+        self.state.touch(bias, rows)
 
     def extra_repr(self) -> str:
         return f"blocks={self.blocks}, in_role={self.in_role!r}, transposed={self.transposed}"
@@ -165,11 +180,13 @@ class LowRankLinear(SlicedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r, widths, bias = self.rank(), self._block_widths(), self.base_layer.bias
-        h = F.linear(x, self.V[:r, : x.shape[-1]])
+        self.state.touch(self.V, (0, r), (0, x.shape[-1]))
+        h = linear(x, self.V, None, 0, r)
         outs = []
         for (offset, _), width in zip(self.blocks, widths, strict=True):
-            b = None if bias is None else bias[offset : offset + width]
-            outs.append(F.linear(h, self.U[offset : offset + width, :r], b))
+            self.state.touch(self.U, (offset, offset + width), (0, r))
+            self.state.touch(bias, (offset, offset + width))
+            outs.append(linear(h, self.U, bias, offset, offset + width))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
     def extra_repr(self) -> str:
@@ -204,17 +221,24 @@ class NestedLayerList(nn.ModuleList):
 
 
 class SlicedNorm(Wrapper):
-    """LayerNorm or HF RMSNorm over the first d features of the residual stream (d = the input's width)."""
+    """LayerNorm or HF RMSNorm over the first d features of the residual stream (d = the input's width).
 
-    def __init__(self, base_layer: nn.Module) -> None:
+    Its weight and bias keep autograd's slice gradient: 1-D, `hidden` values, so the full-size zero fill is
+    negligible, and the fused norm kernels stay."""
+
+    def __init__(self, base_layer: nn.Module, state: NestState | None = None) -> None:
         super().__init__()
         self.base_layer = base_layer
+        self.state = state
         self.full = base_layer.weight.shape[0]
         self.rms = not isinstance(base_layer, nn.LayerNorm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = x.shape[-1]
         base = self.base_layer
+        if self.state is not None and self.state.touched is not None:
+            self.state.touch(base.weight, (0, d))
+            self.state.touch(getattr(base, "bias", None), (0, d))
         if d == self.full:
             return base(x)
         if not self.rms:
@@ -236,22 +260,17 @@ class SlicedEmbedding(Wrapper):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         d, base = self.state.hidden, self.base_layer
+        self.state.touch(base.weight, (0, base.num_embeddings), (0, d))
         if d == base.embedding_dim:
             return base(ids)
-        return F.embedding(
-            ids,
-            base.weight[:, :d],
-            base.padding_idx,
-            base.max_norm,
-            base.norm_type,
-            base.scale_grad_by_freq,
-            base.sparse,
-        )
+        return embedding(ids, base, d)
 
 
 class SlicedOutput(Wrapper):
     """Any module whose output features are independent of each other (ViT's patch + position embeddings):
-    run it, keep the first `state.hidden` features."""
+    run it, keep the first `state.hidden` features. The base module runs whole, so its parameters' gradients
+    are autograd's own (the cut is of an activation, not a weight) and `update=touched` counts them as wholly
+    used."""
 
     def __init__(self, base_layer: nn.Module, state: NestState) -> None:
         super().__init__()

@@ -25,6 +25,8 @@ def group_lasso(nested: NestedModel) -> torch.Tensor:
     total = None
     for module in low_rank_modules(nested):
         cap = module.cap
+        nested.state.touch(module.U, (0, module.full_out), (0, cap))  # for optim.update=touched
+        nested.state.touch(module.V, (0, cap), (0, module.full_in))
         sq = module.U[:, :cap].pow(2).sum(0) + module.V[:cap].pow(2).sum(1)
         tails = torch.flip(torch.cumsum(torch.flip(sq, [0]), 0), [0])
         term = tails.clamp_min(1e-12).sqrt().sum()

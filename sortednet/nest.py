@@ -160,7 +160,7 @@ class NestedModel(nn.Module):
             if isinstance(module, nn.Embedding) and module.embedding_dim == hidden:
                 _replace(self.model, name, SlicedEmbedding(module, self.state))
             elif is_norm(module) and tuple(module.weight.shape) == (hidden,):
-                _replace(self.model, name, SlicedNorm(module))
+                _replace(self.model, name, SlicedNorm(module, self.state))
             elif isinstance(module, (nn.Linear, Conv1D)):
                 out = module.weight.shape[1 if isinstance(module, Conv1D) else 0]
                 role = "hidden" if out == hidden else FIXED

@@ -21,18 +21,22 @@ class Task:
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         x, y = self.outputs(logits, labels)
-        return F.cross_entropy(x.float(), y, ignore_index=IGNORE)
+        with torch.autocast(logits.device.type, enabled=False):
+            return F.cross_entropy(x.float(), y, ignore_index=IGNORE)
 
     def distill(
         self, logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float
     ) -> torch.Tensor:
-        """KL(teacher || student) at temperature T, scaled by T^2, over the positions that have a label."""
+        """KL(teacher || student) at temperature T, scaled by T^2, over the positions that have a label; in
+        float32 whatever the logits' dtype (bf16 / fp16 under mixed precision) and with autocast off."""
         x, y = self.outputs(logits, labels)
         t, _ = self.outputs(teacher, labels)
         keep = y != IGNORE
-        student = F.log_softmax(x[keep].float() / temperature, dim=-1)
-        target = F.log_softmax(t[keep].float() / temperature, dim=-1)
-        return F.kl_div(student, target, log_target=True, reduction="batchmean") * temperature**2
+        with torch.autocast(logits.device.type, enabled=False):
+            student = F.log_softmax(x[keep].float() / temperature, dim=-1)
+            target = F.log_softmax(t[keep].float() / temperature, dim=-1)
+            kl = F.kl_div(student, target, log_target=True, reduction="batchmean")
+        return kl * temperature**2
 
     def stats(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sums to accumulate over an evaluation: [loss sum, correct, count]."""

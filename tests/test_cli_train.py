@@ -34,6 +34,12 @@ QUICK = [
             r"train.distill.enabled=true needs the largest subnet",
         ),
         (["optim.schedule=step"], r"optim.schedule='step' is unknown; allowed: cosine, linear, constant"),
+        (["optim.update=some"], r"optim.update='some' is unknown; allowed: all, touched"),
+        (
+            ["optim.update=touched", "trainer.strategy=fsdp2_nested"],
+            r"optim.update='touched' is not supported with trainer.strategy=fsdp2_nested .*allowed with FSDP: "
+            r"optim.update=all",
+        ),
         (["train.accumulate=0"], r"train.accumulate=0 is below 1"),
         (["nesting.ffn=[0.0,1.0]"], r"ffn=0.0 is outside \(0, 1\]"),
         (["nesting.heads=[2,8]"], r"heads=8 exceeds the model's 4 attention heads"),

@@ -106,7 +106,14 @@ def check_config(cfg: DictConfig) -> Checked:
 
         check_resume(cfg.ckpt_path, space.to_dict())
         check_resume_reorder(cfg.ckpt_path, reorder)
-    return Checked(model, space, sampler_for, Optim(**container(cfg.optim)), train, reorder)
+    optim = Optim(**container(cfg.optim))
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if optim.update == "touched" and "fsdp" in strategy:
+        raise ValueError(
+            f"optim.update='touched' is not supported with trainer.strategy={strategy} (the optimizer holds "
+            "shards, not the tensors the subnets slice); allowed with FSDP: optim.update=all"
+        )
+    return Checked(model, space, sampler_for, optim, train, reorder)
 
 
 def build(cfg: DictConfig, checked: Checked):

@@ -22,7 +22,8 @@ from ..sampling import Sampler
 from ..spec import Subnet
 from ..tasks import Task
 from .distributed import allreduce_gradients, needs_allreduce, reducer_off, world_size
-from .fsdp import configure_sharding
+from .fsdp import configure_sharding, is_sharded_model
+from .optim import NestedAdamW
 from .options import Distill, Optim, Train
 
 # validation metrics are summed over ranks (strategy.reduce) before they are logged, so sync_dist is not needed
@@ -102,11 +103,21 @@ class SortedNetModule(L.LightningModule):
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
         o = self.optim
-        optimizer = torch.optim.AdamW(
+        touched = None
+        if o.update == "touched":
+            if is_sharded_model(self.nested):
+                raise ValueError(
+                    "optim.update='touched' is not supported under FSDP (its optimizer holds shards, not the "
+                    "tensors the subnets slice); allowed with trainer=fsdp: all"
+                )
+            touched = self.nested.state.touched = {}
+        optimizer = NestedAdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=o.lr,
             betas=o.betas,
             eps=o.eps,
+            touched=touched,
+            fused=False if self._scaler() is not None else None,  # Lightning unscales, then clips: not fused
         )
         total = (
             self.trainer.max_steps
@@ -115,6 +126,10 @@ class SortedNetModule(L.LightningModule):
         )
         schedule = LambdaLR(optimizer, lr_lambda(o.schedule, o.warmup_steps, int(total), o.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _scaler(self) -> Any:
+        """The GradScaler of `precision=16-mixed`, or None."""
+        return getattr(self.trainer.precision_plugin, "scaler", None)
 
     def configure_model(self) -> None:
         """Under strategy="fsdp2_nested" (any ModelParallelStrategy): FSDP2, one unit per layer (fsdp.py)."""
@@ -168,7 +183,8 @@ class SortedNetModule(L.LightningModule):
         optimizer, schedule = self.optimizers(), self.lr_schedulers()
         step_loss = torch.as_tensor(self._step_loss, dtype=torch.float32, device=self.device).reshape(1)
         losses, self._step_losses, self.micro = self._step_losses, [], 0
-        bad = self._local_nonfinite(losses)
+        # with a GradScaler (16-mixed) an inf gradient is the scaler's to skip (it then lowers the scale)
+        bad = self._local_nonfinite(losses, grads=self._scaler() is None)
         # DDP: one all-reduce per step, carrying the loss and the non-finite flag (sharded strategies, FSDP,
         # reduce-scatter in each backward themselves; the flag then takes one 1-element all-reduce)
         if needs_allreduce(self.trainer.strategy.model):
@@ -179,13 +195,13 @@ class SortedNetModule(L.LightningModule):
             torch.distributed.all_reduce(bad)
         if float(bad) != 0:  # every rank skips, or none
             optimizer.zero_grad(set_to_none=True)
+            self._forget_touched()
             self._skip(losses)
             return
         self.nonfinite_in_a_row = 0
-        if self.grad_clip:
-            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
-        optimizer.step()
+        optimizer.step()  # clips in on_before_optimizer_step, after a GradScaler's unscale
         optimizer.zero_grad(set_to_none=True)
+        self._forget_touched()
         schedule.step()
         now = time.perf_counter()
         samples = batch_size * self.accumulate * world_size()
@@ -196,10 +212,23 @@ class SortedNetModule(L.LightningModule):
         self.log("train/step_loss", step_loss[0], on_step=True, on_epoch=False)
         self._step_started = now
 
-    def _local_nonfinite(self, losses: Sequence[tuple[Subnet, torch.Tensor]]) -> torch.Tensor:
-        """1.0 when a loss or gradient of this step on this rank is NaN or inf (FSDP2: its local shard)."""
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Norm clipping, run by Lightning inside `optimizer.step()`: after the gradients are unscaled."""
+        if self.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+
+    def _forget_touched(self) -> None:
+        """`update=touched`: the boxes recorded this step are spent (a skipped step updates nothing)."""
+        if self.nested.state.touched is not None:
+            self.nested.state.touched.clear()
+
+    def _local_nonfinite(
+        self, losses: Sequence[tuple[Subnet, torch.Tensor]], grads: bool = True
+    ) -> torch.Tensor:
+        """1.0 when a loss or (`grads`) gradient of this step on this rank is NaN or inf (FSDP2: its local
+        shard)."""
         checks = [torch.isfinite(loss) for _, loss in losses]
-        for p in self.nested.parameters():
+        for p in self.nested.parameters() if grads else ():
             if p.grad is not None:
                 grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
                 checks.append(torch.isfinite(grad).all())

@@ -11,11 +11,13 @@ from typing import Any
 from ..checks import number
 
 SCHEDULES = ("cosine", "linear", "constant")
+UPDATES = ("all", "touched")  # optim.update: see sortednet/train/optim.py
 
 
 @dataclass(frozen=True)
 class Optim:
-    """AdamW with warmup and a cosine/linear/constant schedule (`optim.*`)."""
+    """AdamW with warmup and a cosine/linear/constant schedule (`optim.*`); `update`: `all` moves every tensor
+    with a gradient as a whole (torch's AdamW), `touched` only the rows/columns some subnet of the step used."""
 
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -24,9 +26,12 @@ class Optim:
     schedule: str = "cosine"
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
+    update: str = "all"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        if self.update not in UPDATES:
+            raise ValueError(f"optim.update={self.update!r} is unknown; allowed: {', '.join(UPDATES)}")
         set_(self, "lr", number("optim.lr", self.lr, low=0, low_open=True))
         set_(self, "weight_decay", number("optim.weight_decay", self.weight_decay, low=0))
         set_(self, "eps", number("optim.eps", self.eps, low=0, low_open=True))
