@@ -136,6 +136,7 @@ def alone_config(cfg: Any, shape: str) -> Any:
     nesting = OmegaConf.to_container(cfg.nesting, resolve=True)
     point = nested_cfg_space(cfg).normalize(shape)
     single: dict[str, Any] = {"_target_": nesting["_target_"], **{d: [v] for d, v in point.items()}}
+    single.update({k: nesting[k] for k in ("reorder", "reorder_batches") if k in nesting})  # the same start
     if "rank_targets" in nesting:
         single["rank_targets"] = nesting["rank_targets"]
     cfg = cfg.copy()
@@ -260,8 +261,12 @@ def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
 
 def nested_cfg_space(cfg: Any):
     from hydra.utils import instantiate
+    from omegaconf import OmegaConf
 
-    return instantiate(cfg.nesting, _convert_="all")
+    from sortednet.train.calibrate import split_nesting
+
+    node, _ = split_nesting(OmegaConf.to_container(cfg.nesting, resolve=True))
+    return instantiate(node, _convert_="all")
 
 
 # ---- report ---------------------------------------------------------------------------------------
