@@ -15,6 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..nest import NestedModel
@@ -214,8 +215,16 @@ class SortedNetModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Norm clipping, run by Lightning inside `optimizer.step()`: after the gradients are unscaled."""
-        if self.grad_clip:
-            self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
+        if not self.grad_clip:
+            return
+        plugin = self.trainer.precision_plugin
+        if isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            # bf16 autocast has no scaler to unscale, but Lightning refuses clipping beside a fused optimizer
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in self.nested.parameters() if p.grad is not None], self.grad_clip
+            )
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=self.grad_clip, gradient_clip_algorithm="norm")
 
     def _forget_touched(self) -> None:
         """`update=touched`: the boxes recorded this step are spent (a skipped step updates nothing)."""
