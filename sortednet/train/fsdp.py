@@ -5,8 +5,9 @@
 
 Slices work on sharded parameters unchanged: before a unit's forward FSDP2 all-gathers its parameters and
 registers the unsharded tensors on the modules, so `SlicedLinear` reads `W[:o, :i]` of the full weight as
-usual; autograd sends the slice's gradient into the unsharded gradient, which FSDP2 reduce-scatters into the
-sharded `.grad` after the unit's backward. A depth subnet never calls the layers it skips, so their units
+usual (the unsharded tensors are plain leaf Parameters, so the slice-aware path of slice_grad.py applies: the
+slice's gradient is added into the unsharded parameter's `.grad`), and FSDP2 reduce-scatters that `.grad` into
+the sharded `.grad` after the unit's backward. A depth subnet never calls the layers it skips, so their units
 neither all-gather nor reduce-scatter; every rank trains the same subnets (samplers are seeded by step, not
 rank), so every rank skips the same collectives and none waits for one that never comes.
 
