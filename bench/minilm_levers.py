@@ -8,8 +8,8 @@ A plain loop over sortednet's `nest`/`use` (no Lightning), so that one lever cha
     python -m bench.minilm_levers nested_mean_kd pooling=mean kd=0.5
 
 Keys: mode (nested|alone), shape, pooling (cls|mean), heads (shared|depth), steps (150), lr (5e-5), head_lr, k (3),
-kd (alpha), t (temperature), hkd (hidden distillation weight), ml (64), bs (32), seed. Needs the built-in
-shakespeare_genre split (made by any `sortednet-train experiment=minilm_nested` run). One JSON line per run is
+kd (alpha), t (temperature), hkd (hidden distillation weight), w (mean|sum|small loss weighting), ml (64),
+bs (32), seed. Uses the built-in shakespeare_genre split (written once to the cache). One JSON line per run is
 appended to bench/out/minilm_levers.jsonl.
 """
 
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import transformers as T
 
 import sortednet as sn
+from sortednet.data.shakespeare import shakespeare_genre_files
 from sortednet.sampling import make_sampler
 
 torch.set_num_threads(2)
@@ -58,11 +59,11 @@ torch.manual_seed(seed)
 random.seed(seed)
 path = g.get_model_path()
 tok = T.AutoTokenizer.from_pretrained(path)
-root = os.path.expanduser("~/.cache/sortednet/shakespeare_genre/v1_seed0/")
+files = shakespeare_genre_files()
 
 
 def read(split):
-    with open(root + split + ".csv") as f:
+    with open(files[split]) as f:
         rows = list(csv.DictReader(f))
     labels = {"comedies": 0, "histories": 1, "tragedies": 2}
     enc = tok(

@@ -133,3 +133,35 @@ def test_training_with_update_touched_leaves_unused_ffn_rows_alone(update):
     assert (fc1.weight[:rows] != before[:rows]).all()
     unused_moved = (fc1.weight[rows:] != before[rows:]).any()
     assert unused_moved == (update == "all")
+
+
+def test_head_lr_gives_the_task_head_its_own_learning_rate():
+    import lightning as L
+    from tiny import digits_vit
+
+    from sortednet.data import ImageClassificationDataModule
+    from sortednet.sampling import make_sampler
+    from sortednet.train import Classification, SortedNetModule
+    from sortednet.train.module import head_parameter_ids
+
+    nested = sn.nest(digits_vit(), sn.NestingSpace(depth=[1, 3]))
+    head = head_parameter_ids(nested.model)
+    assert head == {id(p) for p in nested.model.classifier.parameters()}
+    module = SortedNetModule(
+        nested, Classification(), make_sampler("uniform", nested.space, k=1),
+        optim={"lr": 1e-3, "head_lr": 0.05, "schedule": "constant"},
+    )  # fmt: skip
+    L.Trainer(
+        max_steps=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_checkpointing=False,
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+    ).fit(module, datamodule=ImageClassificationDataModule(batch_size=16, seed=0))  # fmt: skip
+    lr_of = {id(p): g["lr"] for g in module.optimizers().optimizer.param_groups for p in g["params"]}
+    assert {lr_of[i] for i in head} == {0.05}
+    assert {lr for i, lr in lr_of.items() if i not in head} == {1e-3}
+    assert len(lr_of) == sum(1 for p in nested.parameters() if p.requires_grad)
+
+
+def test_head_lr_value_is_checked():
+    assert Optim().head_lr is None
+    with pytest.raises(ValueError, match=r"^optim.head_lr=0"):
+        Optim(head_lr=0)

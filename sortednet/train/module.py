@@ -31,6 +31,13 @@ from .options import Distill, Optim, Train
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
 
 
+def head_parameter_ids(model: torch.nn.Module) -> set[int]:
+    """The task head: parameters of the top model outside `model.base_model` (a fresh classifier, a head per
+    depth); a head tied to the input embeddings belongs to the base model."""
+    base = {id(p) for p in model.base_model.parameters()}
+    return {id(p) for p in model.parameters() if id(p) not in base}
+
+
 class Diverged(RuntimeError):
     """Too many optimizer steps in a row had a NaN or inf loss or gradient; the run stops (exit code 1)."""
 
@@ -99,11 +106,13 @@ class SortedNetModule(L.LightningModule):
 
     # ---- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
-        decay, no_decay = [], []
+        o = self.optim
+        head = head_parameter_ids(self.nested.model) if o.head_lr is not None else set()
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for name, p in self.nested.named_parameters():
             if p.requires_grad:
-                (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-        o = self.optim
+                key = (p.ndim >= 2 and "norm" not in name.lower(), id(p) in head)
+                groups.setdefault(key, []).append(p)
         touched = None
         if o.update == "touched":
             if is_sharded_model(self.nested):
@@ -113,7 +122,12 @@ class SortedNetModule(L.LightningModule):
                 )
             touched = self.nested.state.touched = {}
         optimizer = NestedAdamW(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": groups.get((decays, in_head), []), "weight_decay": o.weight_decay if decays else 0.0}
+                | ({"lr": o.head_lr} if in_head else {})
+                for in_head in ((False, True) if head else (False,))
+                for decays in (True, False)
+            ],
             lr=o.lr,
             betas=o.betas,
             eps=o.eps,

@@ -27,6 +27,7 @@ class Optim:
     warmup_steps: int = 0
     min_lr_ratio: float = 0.0
     update: str = "all"
+    head_lr: float | None = None  # the task head (parameters outside model.base_model); None: lr
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -45,6 +46,8 @@ class Optim:
             raise ValueError(f"optim.schedule={self.schedule!r} is unknown; allowed: {', '.join(SCHEDULES)}")
         set_(self, "warmup_steps", number("optim.warmup_steps", self.warmup_steps, int, low=0))
         set_(self, "min_lr_ratio", number("optim.min_lr_ratio", self.min_lr_ratio, low=0, high=1))
+        if self.head_lr is not None:
+            set_(self, "head_lr", number("optim.head_lr", self.head_lr, low=0, low_open=True))
 
 
 @dataclass(frozen=True)
