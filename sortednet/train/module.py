@@ -123,7 +123,10 @@ class SortedNetModule(L.LightningModule):
             touched = self.nested.state.touched = {}
         optimizer = NestedAdamW(
             [
-                {"params": groups.get((decays, in_head), []), "weight_decay": o.weight_decay if decays else 0.0}
+                {
+                    "params": groups.get((decays, in_head), []),
+                    "weight_decay": o.weight_decay if decays else 0.0,
+                }
                 | ({"lr": o.head_lr} if in_head else {})
                 for in_head in ((False, True) if head else (False,))
                 for decays in (True, False)
