@@ -141,6 +141,7 @@ def alone_config(cfg: Any, shape: str) -> Any:
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     cfg.nesting = single
+    cfg.model.head = "shared"  # a head per depth of a one-depth space is the shared head
     cfg.sampler = {"_target_": "sortednet.sampling.AllSampler", "_partial_": True}
     cfg.train.distill.enabled = False
     cfg.train.subnet_weights = None
