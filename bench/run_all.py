@@ -1,6 +1,7 @@
 """Run every benchmark, print a summary table and write it to bench/out/results.md.
 
-python -m bench.run_all            # the real run (`make bench`), about 5-10 minutes on 2 cores
+python -m bench.run_all            # the real run (`make bench`): 5-10 minutes on 2 cores for 1-12, plus
+                                   # compiling (12) and the end-to-end training runs of 13 (an hour or more)
 python -m bench.run_all --quick    # tiny sizes and few repeats: only checks that the scripts run
 python -m bench.run_all --only switching enumeration
 """
