@@ -269,6 +269,18 @@ def nested_cfg_space(cfg: Any):
     return instantiate(node, _convert_="all")
 
 
+def quiet() -> None:
+    """Two threads, Lightning's info lines off, the output folder made: before any `train()`."""
+    import logging
+
+    import torch
+
+    torch.set_num_threads(2)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    OUT.mkdir(parents=True, exist_ok=True)
+
+
 # ---- report ---------------------------------------------------------------------------------------
 def markdown(result: dict[str, Any]) -> str:
     metric = result["metric"]
@@ -310,14 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nested-steps", type=int, help="train the nested model this many steps instead")
     parser.add_argument("--tag", default="", help="name of this run's result file")
     args = parser.parse_args(argv)
-    import logging
-
-    import torch
-
-    torch.set_num_threads(2)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    OUT.mkdir(parents=True, exist_ok=True)
+    quiet()
     results, failed = [], 0
     for name, case in CASES.items():
         if args.only and name not in args.only:

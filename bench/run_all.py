@@ -1,6 +1,7 @@
 """Run every benchmark, print a summary table and write it to bench/out/results.md.
 
-python -m bench.run_all            # the real run (`make bench`), about 5-10 minutes on 2 cores
+python -m bench.run_all            # the real run (`make bench`): 5-10 minutes on 2 cores for 1-12, plus
+                                   # compiling (12) and the end-to-end training runs of 13 (an hour or more)
 python -m bench.run_all --quick    # tiny sizes and few repeats: only checks that the scripts run
 python -m bench.run_all --only switching enumeration
 """
@@ -29,6 +30,9 @@ BENCHMARKS = {
     "rank": "8. rank-r subnet forward / two-layer model; params and latency across ranks",
     "bench_ddp": "9. data parallel: nested DDP step / plain Lightning DDP (2 processes)",
     "grad_slices": "10. subnet train step / dense: autograd slices + AdamW vs slice-aware grads + fused AdamW",
+    "sandwich_step": "11. sandwich step (largest + smallest + random, one optimizer step) / three dense steps",
+    "compiled_step": "12. train.compile: compiled / eager step, graphs compiled over 100 sandwich steps",
+    "time_to_quality": "13. end to end: time to every shape's alone accuracy, nested / alone one after another",
 }
 OUT = Path(__file__).parent / "out" / "results.md"
 

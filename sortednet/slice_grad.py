@@ -14,6 +14,9 @@ autograd's own accumulation and the hooks on it do not run for sliced weights: s
 see these gradients (tests/test_ddp.py, tests/test_fsdp.py). The autograd path is kept, and taken, for a weight
 that is not a trainable leaf (frozen, computed, or a DTensor as under tensor parallelism), under double
 backward, and everywhere while `slice_aware_grads(False)` is on (tests and benchmarks compare the two).
+Under torch.compile (`train.compile`) the autograd path is taken too: writing `param.grad` from a backward is a
+side effect dynamo refuses to trace ("HOP: Unsafe side effect"), and inside a compiled graph inductor fuses the
+slice gradient's zero fill with its neighbours instead.
 
 Under autocast the functions cast as autocast would (floating inputs but float64 to the autocast dtype), compute
 in that dtype, and add the result into the parameter's own-dtype gradient.
@@ -49,8 +52,9 @@ def slice_aware_grads(enabled: bool = True) -> Iterator[None]:
 
 
 def _custom(weight: torch.Tensor, *others: torch.Tensor | None) -> bool:
-    """The in-place path applies: on, grad mode, and every parameter a plain trainable (or frozen) leaf."""
-    if not (_enabled and torch.is_grad_enabled() and weight.requires_grad):
+    """The in-place path applies: on, grad mode, not under torch.compile, and every parameter a plain trainable
+    (or frozen) leaf."""
+    if not (_enabled and torch.is_grad_enabled() and weight.requires_grad) or torch.compiler.is_compiling():
         return False
     return all(
         t is None or (t.is_leaf and type(t) in (torch.Tensor, torch.nn.Parameter)) for t in (weight, *others)

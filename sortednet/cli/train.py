@@ -30,6 +30,7 @@ from ..checks import number
 from ..sampling import Sampler
 from ..spec import NestingSpace
 from ..train.calibrate import Reorder, check_resume_reorder, split_nesting
+from ..train.compiled import check_compile, compile_backend
 from ..train.models import ModelSpec, offline_model_path
 from ..train.module import check_distill
 from ..train.options import Optim, Train, check_trainer
@@ -87,6 +88,9 @@ def check_config(cfg: DictConfig) -> Checked:
     train_cfg = container(cfg.train)
     rank = train_cfg.pop("rank", None)
     train = Train(**train_cfg)
+    check_compile(
+        compile_backend(train.compile), (rank or {}).get("sampling") if "rank" in space.dims else None
+    )
     for subnet in train.subnet_weights:
         space.normalize(subnet)
     check_distill(train.distill.enabled, sampler)
@@ -150,6 +154,7 @@ def build(cfg: DictConfig, checked: Checked):
         subnet_weights=checked.train.subnet_weights,
         seed=cfg.seed,
         max_nonfinite_steps=checked.train.max_nonfinite_steps,
+        compile=checked.train.compile,
     )
     return data, module
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -22,6 +22,7 @@ from ..nest import NestedModel
 from ..sampling import Sampler
 from ..spec import Subnet
 from ..tasks import Task
+from .compiled import compile_backend, compile_model, compiled_graphs
 from .distributed import allreduce_gradients, needs_allreduce, reducer_off, world_size
 from .fsdp import configure_sharding, is_sharded_model
 from .optim import NestedAdamW
@@ -83,13 +84,14 @@ class SortedNetModule(L.LightningModule):
         subnet_weights: Mapping[str, float] | None = None,
         seed: int = 0,
         max_nonfinite_steps: int = 3,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.nested, self.task, self.sampler = nested, task, sampler
         self.optim = optim if isinstance(optim, Optim) else Optim(**(optim or {}))
         distill = distill if isinstance(distill, Distill) else Distill(**(distill or {}))
-        options = Train(accumulate, grad_clip, subnet_weights or {}, distill, max_nonfinite_steps)
+        options = Train(accumulate, grad_clip, subnet_weights or {}, distill, max_nonfinite_steps, compile)
         self.accumulate, self.grad_clip, self.distill = options.accumulate, options.grad_clip, options.distill
         self.max_nonfinite_steps, self.seed = options.max_nonfinite_steps, int(seed)
         check_distill(self.distill.enabled, sampler)
@@ -103,6 +105,8 @@ class SortedNetModule(L.LightningModule):
         self._step_loss: torch.Tensor | float = 0.0  # mean loss of the current optimizer step so far
         self._step_started = time.perf_counter()
         self._val_sums: dict[Subnet, torch.Tensor] = {}
+        self.compile_backend = compile_backend(options.compile)
+        self._train_forward: Callable[..., Any] | None = None  # the compiled model's call (train.compile)
 
     # ---- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -153,6 +157,13 @@ class SortedNetModule(L.LightningModule):
         """Under strategy="fsdp2_nested" (any ModelParallelStrategy): FSDP2, one unit per layer (fsdp.py)."""
         configure_sharding(self)
 
+    def on_fit_start(self) -> None:
+        """`train.compile`: compile after the strategy placed and wrapped the model (sortednet/train/compiled.py)."""
+        if self.compile_backend and self._train_forward is None:
+            self._train_forward = compile_model(
+                self.nested.model, self.compile_backend, len(self.nested.space)
+            )
+
     def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
         """Every backward (the step's and any callback's) runs with DDP's reducer off: gradients are
         all-reduced once per optimizer step in `_optimizer_step` (see distributed.py)."""
@@ -175,9 +186,10 @@ class SortedNetModule(L.LightningModule):
         weights = self._weights(subnets)
         use_distill, alpha, temperature = self.distill.enabled, self.distill.alpha, self.distill.temperature
         teacher, total = None, 0.0
+        forward = self._train_forward or self.nested
         for subnet, weight in zip(subnets, weights, strict=True):
             with self.nested.use(subnet):
-                logits = self.nested(**inputs).logits
+                logits = forward(**inputs).logits
                 loss = self.task.loss(logits, labels)
                 objective = loss
                 if use_distill and teacher is not None:
@@ -228,6 +240,8 @@ class SortedNetModule(L.LightningModule):
         )
         self.log("train/lr", schedule.get_last_lr()[0], on_step=True, on_epoch=False)
         self.log("train/step_loss", step_loss[0], on_step=True, on_epoch=False)
+        if self._train_forward is not None:  # a rise after the first steps means recompiles
+            self.log("train/compiled_graphs", float(compiled_graphs()), on_step=True, on_epoch=False)
         self._step_started = now
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

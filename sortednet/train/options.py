@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..checks import number
+from .compiled import compile_backend
 
 SCHEDULES = ("cosine", "linear", "constant")
 UPDATES = ("all", "touched")  # optim.update: see sortednet/train/optim.py
@@ -75,9 +76,11 @@ class Train:
     subnet_weights: Mapping[str, float] = field(default_factory=dict)
     distill: Distill = field(default_factory=Distill)
     max_nonfinite_steps: int = 3
+    compile: bool | str = False  # see sortednet/train/compiled.py
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        compile_backend(self.compile)  # checks the value
         set_(self, "accumulate", number("train.accumulate", self.accumulate, int, low=1))
         if self.grad_clip is not None:
             set_(self, "grad_clip", number("train.grad_clip", self.grad_clip, low=0, low_open=True))
