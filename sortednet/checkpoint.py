@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from . import hf
 from .atomic import atomic_write
-from .families import Family, family_for, registered
+from .families import AnyFamily, family_for, family_from_dict, registered
 from .spec import NestingSpace
 
 FORMAT = "sortednet"
@@ -174,7 +174,7 @@ def _check_size(path: Path, keys: set[str]) -> None:
         )
 
 
-def family_of(meta: Mapping[str, Any]) -> Family:
+def family_of(meta: Mapping[str, Any]) -> AnyFamily:
     """The family a checkpoint's weights were nested with.
 
     The header stores it. The registered family for the model type is used when it equals the stored one;
@@ -184,7 +184,7 @@ def family_of(meta: Mapping[str, Any]) -> Family:
     stored = meta.get("family")
     if stored is None:
         return family_for(hf.config_from_dict(meta["config"]))
-    family = Family.from_dict(stored)
+    family = family_from_dict(stored)
     held = registered(meta["config"].get("model_type"))
     if held is None:
         return family
