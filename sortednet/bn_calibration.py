@@ -38,7 +38,7 @@ def calibrate(
         raise ValueError(f"calibration batches={batches} is below 1; allowed: an int >= 1")
     normal = nested.space.normalize(Subnet.parse(subnet))
     device = next(nested.parameters()).device
-    was_training = nested.training
+    was_training = nested.model.training
     nested.eval()
     norms = [bn for _, bn in nested.batch_norms]
     for bn in norms:

@@ -72,8 +72,8 @@ def plan(cls: type, config: Any, family: StageFamily, full: Mapping[str, int], c
         ) from None
     outs: dict[str, int] = {}
     for name, module in small.named_modules():
-        width = getattr(module, "out_channels", None) or getattr(module, "out_features", None)
         if isinstance(module, (nn.Conv2d, nn.Linear)):
+            width = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
             if width < 1:
                 raise ValueError(
                     f"channels={channels} (of {full['channels']}) leaves {name} with {width} channels; "
@@ -147,7 +147,7 @@ class ConvNestedModel(NestedModel):
                 continue
             _replace(model, name, wrapped)
         self._check_covered()
-        model.train(model.training)  # the new wrappers take the model's mode (BatchNorm reads it)
+        self.train(model.training)  # the new wrappers take the model's mode (BatchNorm reads it)
 
     def _check_covered(self) -> None:
         """Refuse a model with a channel-sized parameter that no wrapper slices (it would break a subnet)."""
