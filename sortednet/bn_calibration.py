@@ -10,7 +10,7 @@ weights and the shared running statistics are not changed.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -63,3 +63,28 @@ def calibrate(
     nested.bn_stats[normal] = stats
     nested.activate(nested.active)
     return stats
+
+
+def calibrate_subnets(
+    nested: Any, subnets: Sequence[Subnet | str], loader: Any, batches: int = DEFAULT_BATCHES
+) -> None:
+    """`calibrate` each subnet on the same first `batches` batches of `loader` (read once)."""
+    cached = list(itertools.islice(loader, batches))
+    for subnet in subnets:
+        calibrate(nested, subnet, cached, batches)
+
+
+def with_uncalibrated(
+    rows: Sequence[Mapping[str, Any]], uncalibrated: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The calibrated table with each metric before calibration beside it (`<metric>_uncalibrated`)."""
+    before = {r["subnet"]: r for r in uncalibrated}
+    out = []
+    for row in rows:
+        extra = {
+            f"{k}_uncalibrated": v
+            for k, v in before[row["subnet"]].items()
+            if k not in ("subnet", "params") and isinstance(v, (int, float))
+        }
+        out.append({**row, **extra})
+    return out

@@ -62,6 +62,7 @@ OWN_KEYS = {
     "low_rank",
     "options",
     "nonfinite",
+    "bn_calibrated",
     "_keys",
 }
 
@@ -196,6 +197,11 @@ def family_of(meta: Mapping[str, Any]) -> AnyFamily:
         stacklevel=2,
     )
     return family
+
+
+def run_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """What a run added to a checkpoint's header (train config, eval table, ...): the keys the format does not own."""
+    return {k: v for k, v in read_metadata(path).items() if k not in OWN_KEYS and k != "bn_calibrated"}
 
 
 def update_metadata(path: str | os.PathLike, **extra: Any) -> None:

@@ -71,7 +71,7 @@ def nest(
     if isinstance(family, StageFamily):
         from .conv_nest import nest_stages
 
-        if pooling or head:
+        if pooling or head not in (None, "shared"):
             raise ValueError(f"pooling/head options are for transformers; model family {family.name!r} takes neither")
         return nest_stages(model, space, family, bn)
     if bn is not None:
