@@ -24,7 +24,9 @@ class SlicedConv2d(Wrapper):
     def __init__(self, base_layer: nn.Conv2d) -> None:
         super().__init__()
         if base_layer.padding_mode != "zeros":
-            raise ValueError(f"cannot slice a Conv2d with padding_mode={base_layer.padding_mode!r}; allowed: zeros")
+            raise ValueError(
+                f"cannot slice a Conv2d with padding_mode={base_layer.padding_mode!r}; allowed: zeros"
+            )
         self.depthwise = base_layer.groups == base_layer.in_channels == base_layer.out_channels > 1
         if base_layer.groups != 1 and not self.depthwise:
             raise ValueError(
@@ -130,7 +132,9 @@ class SlicedBatchNorm2d(Wrapper):
                 return bn(x)
             bn.num_batches_tracked.add_(1)
             momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-            return F.batch_norm(x, bn.running_mean[:c], bn.running_var[:c], weight, bias, True, momentum, bn.eps)
+            return F.batch_norm(
+                x, bn.running_mean[:c], bn.running_var[:c], weight, bias, True, momentum, bn.eps
+            )
         if self.stats is not None:
             return F.batch_norm(x, self.stats[0], self.stats[1], weight, bias, False, 0.0, bn.eps)
         if c == bn.num_features:

@@ -23,14 +23,24 @@ from torch import nn
 
 from . import hf
 from .checkpoint import write
-from .conv_layers import ChannelLinear, ChannelScale, ChannelsFirstNorm, SlicedBatchNorm2d, SlicedConv2d, StageBlocks
+from .conv_layers import (
+    ChannelLinear,
+    ChannelScale,
+    ChannelsFirstNorm,
+    SlicedBatchNorm2d,
+    SlicedConv2d,
+    StageBlocks,
+)
 from .export import build_submodel
 from .families.stages import StageFamily
 from .layers import NestState, SlicedNorm
 from .nest import NestedModel, original_key
 from .spec import NestingSpace, Subnet
 
-BN_MODES = ("batch", "switchable")  # bn=: shared statistics and affine (calibrate them) | one BatchNorm per width
+BN_MODES = (
+    "batch",
+    "switchable",
+)  # bn=: shared statistics and affine (calibrate them) | one BatchNorm per width
 BN_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 STATS_PREFIX = "bn_stats"  # stored calibrated statistics: bn_stats.<i>.<bn module>.running_mean|running_var
 
@@ -43,11 +53,15 @@ def nest_stages(
     if bn not in BN_MODES:
         raise ValueError(f"bn={bn!r} is not known; allowed: {', '.join(BN_MODES)}")
     if bn == "switchable" and "channels" not in space.dims:
-        raise ValueError("bn='switchable' keeps a BatchNorm per width: it needs channels in the nesting space")
+        raise ValueError(
+            "bn='switchable' keeps a BatchNorm per width: it needs channels in the nesting space"
+        )
     full = family.full_sizes(model.config)
     bound = space.bind(full, lambda d, v: family.resolve(full, d, v), None)
     channels = bound.absolute("channels") if "channels" in bound.dims else (full["channels"],)
-    plans = {c: plan(type(model), model.config, family, full, c) for c in channels}  # refuses unbuildable widths
+    plans = {
+        c: plan(type(model), model.config, family, full, c) for c in channels
+    }  # refuses unbuildable widths
     nested = ConvNestedModel(model, bound, family, full, plans, {"bn": bn} if bn != "batch" else {})
     bound.set_cost(nested.cost_fn())
     return nested
@@ -137,7 +151,9 @@ class ConvNestedModel(NestedModel):
                 wrapped = ChannelLinear(module)
                 self.outs.append((name, wrapped))
             elif isinstance(module, nn.BatchNorm2d):
-                widths = sorted({self._plans[c].numels[f"{name}.weight"] for c in self._plans} - {module.num_features})
+                widths = sorted(
+                    {self._plans[c].numels[f"{name}.weight"] for c in self._plans} - {module.num_features}
+                )
                 wrapped = SlicedBatchNorm2d(module, tuple(widths) if private else ())
                 self.batch_norms.append((name, wrapped))
             elif isinstance(module, nn.LayerNorm):
@@ -153,7 +169,9 @@ class ConvNestedModel(NestedModel):
         """Refuse a model with a channel-sized parameter that no wrapper slices (it would break a subnet)."""
         wrapped = set()
         for module in self.model.modules():
-            if isinstance(module, (SlicedConv2d, ChannelLinear, ChannelsFirstNorm, SlicedNorm, SlicedBatchNorm2d)):
+            if isinstance(
+                module, (SlicedConv2d, ChannelLinear, ChannelsFirstNorm, SlicedNorm, SlicedBatchNorm2d)
+            ):
                 wrapped.update(id(p) for p in module.parameters())
         scales = set(self.family.block_scales)
         for name, param in self.model.named_parameters():
@@ -198,7 +216,9 @@ class ConvNestedModel(NestedModel):
     # ---- sizes --------------------------------------------------------------------------------
     def cost_fn(self):
         """Exact parameter count of each subnet: its plain model's tensors (blocks beyond its depth left out)."""
-        block = re.compile(rf"^{re.escape(self._stages_path)}\.(\d+)\.{re.escape(self.family.blocks)}\.(\d+)\.")
+        block = re.compile(
+            rf"^{re.escape(self._stages_path)}\.(\d+)\.{re.escape(self.family.blocks)}\.(\d+)\."
+        )
         params = {original_key(k) for k, _ in self.model.named_parameters()}
         tables = {}
         for c, plan in self._plans.items():
@@ -282,7 +302,9 @@ class ConvNestedModel(NestedModel):
         )
 
     def draft(self, subnet: Subnet | str) -> nn.Module:
-        raise ValueError(f"draft() is for language models; model family {self.family.name!r} does not generate")
+        raise ValueError(
+            f"draft() is for language models; model family {self.family.name!r} does not generate"
+        )
 
     def header(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
         calibrated = [str(s) for s in self.bn_stats]

@@ -72,10 +72,14 @@ def nest(
         from .conv_nest import nest_stages
 
         if pooling or head not in (None, "shared"):
-            raise ValueError(f"pooling/head options are for transformers; model family {family.name!r} takes neither")
+            raise ValueError(
+                f"pooling/head options are for transformers; model family {family.name!r} takes neither"
+            )
         return nest_stages(model, space, family, bn)
     if bn is not None:
-        raise ValueError(f"bn={bn!r} is for BatchNorm networks; model family {family.name!r} has no BatchNorm")
+        raise ValueError(
+            f"bn={bn!r} is for BatchNorm networks; model family {family.name!r} has no BatchNorm"
+        )
     full = family.full_sizes(config)
     if "rank" in space.dims:
         layer = model.base_model.get_submodule(family.layers)[0]

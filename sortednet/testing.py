@@ -83,7 +83,9 @@ def check_family(
     config = _base_config(config_or_model_type)
     family = family or family_for(config)
     cls = model_class or ref.default_model_class(config)
-    if isinstance(family, StageFamily):  # convolutional: channels x per-stage depth (sortednet.testing_stages)
+    if isinstance(
+        family, StageFamily
+    ):  # convolutional: channels x per-stage depth (sortednet.testing_stages)
         from .testing_stages import check_stage_family
 
         start = time.perf_counter()

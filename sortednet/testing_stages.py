@@ -59,13 +59,17 @@ def random_stage_model(cls: type, config: Any, seed: int) -> nn.Module:
     return model
 
 
-def reference_model(cls: type, config: Any, family: StageFamily, state: dict, ratio: tuple[int, int], depth: int):
+def reference_model(
+    cls: type, config: Any, family: StageFamily, state: dict, ratio: tuple[int, int], depth: int
+):
     """The plain model at channels num/den of every width and `depth` blocks per stage, weights cut here."""
     num, den = ratio
     small = copy.deepcopy(config)
     for key in family.widths:
         value = getattr(config, key)
-        setattr(small, key, [w * num // den for w in value] if isinstance(value, list) else value * num // den)
+        setattr(
+            small, key, [w * num // den for w in value] if isinstance(value, list) else value * num // den
+        )
     setattr(small, family.depths, [min(depth, d) for d in getattr(config, family.depths)])
     model = cls(small).eval()
     cut = {k: state[k][tuple(slice(0, n) for n in v.shape)].clone() for k, v in model.state_dict().items()}
@@ -90,7 +94,9 @@ def check_stage_family(config: Any, family: StageFamily, cls: type, seed: int = 
         diff = (got - want).abs().max().item() if got.shape == want.shape else float("inf")
         diffs[check] = max(diffs.get(check, 0.0), diff)
         if not diff <= tol:
-            raise FamilyCheckError(f"family {family.name!r} on a tiny {cls.__name__}: {check} differ by {diff:.3g}")
+            raise FamilyCheckError(
+                f"family {family.name!r} on a tiny {cls.__name__}: {check} differ by {diff:.3g}"
+            )
 
     with torch.no_grad():
         original = model(pixel_values=x).logits

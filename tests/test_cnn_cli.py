@@ -31,7 +31,10 @@ def config(tmp_path: Path, *overrides: str):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("nesting.channels=[0.01,1.0]", r"channels=0.01 leaves the model's narrowest width .* allowed: a fraction >="),
+        (
+            "nesting.channels=[0.01,1.0]",
+            r"channels=0.01 leaves the model's narrowest width .* allowed: a fraction >=",
+        ),
         ("nesting.channels=[128]", r"channels=128 exceeds the model's 64 channels of the last stage"),
         ("+nesting.ffn=[0.5]", r"dimension 'ffn' cannot be nested for model family 'resnet'"),
         ("model.bn=per_width", r"model.bn='per_width' is unknown; allowed: batch, switchable or null"),
@@ -74,8 +77,13 @@ def test_uncalibrated_narrow_subnet_is_worse_than_calibrated_on_digits():
     data = ImageClassificationDataModule("digits", image_size=16, batch_size=64, seed=0)
     data.setup("fit")
     config = T.ResNetConfig(
-        num_channels=1, num_labels=10, layer_type="basic", embedding_size=16, hidden_sizes=[16, 32, 64],
-        depths=[2, 2, 2], downsample_in_first_stage=False,
+        num_channels=1,
+        num_labels=10,
+        layer_type="basic",
+        embedding_size=16,
+        hidden_sizes=[16, 32, 64],
+        depths=[2, 2, 2],
+        downsample_in_first_stage=False,
     )
     nested = sn.nest(T.ResNetForImageClassification(config).train(), "channels=0.25|0.5|1.0,depth=1|2")
     optimizer = torch.optim.AdamW(nested.parameters(), lr=3e-3)
@@ -95,7 +103,9 @@ def test_uncalibrated_narrow_subnet_is_worse_than_calibrated_on_digits():
         right = total = 0
         with torch.no_grad(), nested.use(narrow):
             for batch in data.val_dataloader():
-                right += (nested(pixel_values=batch["pixel_values"]).logits.argmax(-1) == batch["labels"]).sum()
+                right += (
+                    nested(pixel_values=batch["pixel_values"]).logits.argmax(-1) == batch["labels"]
+                ).sum()
                 total += len(batch["labels"])
         return float(right) / total
 

@@ -30,7 +30,8 @@ def pixels(n: int = 4, seed: int = 1) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "model_type,overrides", [("resnet", {"layer_type": "basic"}), ("resnet", {"layer_type": "bottleneck"}), ("convnext", {})]
+    "model_type,overrides",
+    [("resnet", {"layer_type": "basic"}), ("resnet", {"layer_type": "bottleneck"}), ("convnext", {})],
 )
 def test_check_family_per_block_type(model_type, overrides):
     config = T.AutoConfig.for_model(model_type, **overrides)
@@ -106,7 +107,9 @@ def test_switching_copies_and_allocates_nothing():
     for subnet in nested.space.subnets() * 2:
         nested.activate(subnet)
     assert [(p.data_ptr(), p.shape) for p in nested.parameters()] == before
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
         for subnet in nested.space.subnets():
             nested.activate(subnet)
     assert sum(e.cpu_memory_usage for e in prof.key_averages() if e.cpu_memory_usage > 0) == 0

@@ -91,13 +91,17 @@ def _stages(**kw):
 
 
 STAGE_BUILDERS = {
-    "resnet": lambda: T.ResNetForImageClassification(T.ResNetConfig(embedding_size=8, layer_type="basic", **_stages())),
+    "resnet": lambda: T.ResNetForImageClassification(
+        T.ResNetConfig(embedding_size=8, layer_type="basic", **_stages())
+    ),
     "resnet-bottleneck": lambda: T.ResNetForImageClassification(  # a bottleneck is a quarter of its block
         T.ResNetConfig(
             num_channels=1, num_labels=10, embedding_size=16, hidden_sizes=[16, 32, 64], depths=[2, 1, 2]
         )
     ),
-    "convnext": lambda: T.ConvNextForImageClassification(T.ConvNextConfig(num_stages=3, patch_size=2, **_stages())),
+    "convnext": lambda: T.ConvNextForImageClassification(
+        T.ConvNextConfig(num_stages=3, patch_size=2, **_stages())
+    ),
 }
 
 # check_family's tiny config for these model types (their defaults would leave a feature unexercised)

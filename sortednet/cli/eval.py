@@ -150,12 +150,12 @@ def evaluate_checkpoint(
     import sortednet as sn
 
     from ..checkpoint import resolve, update_metadata
-    from .calibration import calibrate_missing, store
     from ..evaluate import evaluate, headline_metric
     from ..importance import influence_record as influence
     from ..measure import pick_subnets
     from ..report import plot_pareto, write_table
     from ..tasks import task_for
+    from .calibration import calibrate_missing, store
 
     s = settings_of(cfg or {})
     console = console or Console(stderr=True)

@@ -91,7 +91,11 @@ class StageFamily:
         narrowest width the config holds (what a channels value must keep at one channel or more)."""
         flat = [w for v in self.stage_widths(config).values() for w in (v if isinstance(v, list) else [v])]
         depths = list(getattr(config, self.depths))
-        return {"channels": int(flat_last(self.stage_widths(config))), "depth": max(depths), "min_width": min(flat)}
+        return {
+            "channels": int(flat_last(self.stage_widths(config))),
+            "depth": max(depths),
+            "min_width": min(flat),
+        }
 
     def check_dim(self, dim: str) -> None:
         if dim not in self.dims:
@@ -120,7 +124,9 @@ class StageFamily:
                     f"{least}..{total}"
                 )
         elif size < 1:
-            raise ValueError(f"depth={value} of {total} {what} rounds to 0; allowed: a fraction >= {1 / total:.3g}")
+            raise ValueError(
+                f"depth={value} of {total} {what} rounds to 0; allowed: a fraction >= {1 / total:.3g}"
+            )
         return size
 
     # ---- export -------------------------------------------------------------------------------
@@ -132,7 +138,9 @@ class StageFamily:
         new = copy.deepcopy(config)
         channels = sizes.get("channels", full["channels"])
         for key, value in self.stage_widths(config).items():
-            scaled = [scale(w, channels, full["channels"]) for w in value] if isinstance(value, list) else None
+            scaled = (
+                [scale(w, channels, full["channels"]) for w in value] if isinstance(value, list) else None
+            )
             setattr(new, key, scaled if scaled is not None else scale(value, channels, full["channels"]))
         depth = sizes.get("depth", full["depth"])
         setattr(new, self.depths, [min(depth, d) for d in getattr(config, self.depths)])

@@ -39,7 +39,9 @@ class ModelSpec:
     pooling: str | None = None
     head: str = "shared"
     train_mode: bool = True
-    bn: str | None = None  # BatchNorm networks: null/batch (calibrate after training) | switchable (one per width)
+    bn: str | None = (
+        None  # BatchNorm networks: null/batch (calibrate after training) | switchable (one per width)
+    )
 
     def __post_init__(self) -> None:
         from ..heads import HEADS
