@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -117,7 +118,6 @@ class ConvNestedModel(NestedModel):
         self.bn_stats: dict[Subnet, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
         self._plans = dict(plans)
         self._switch_cache: dict[Any, tuple[Subnet, list[int], list[int]]] = {}
-        self._patched = []
         base_path = next(n for n, m in model.named_modules() if m is model.base_model)
         self._stages_path = ".".join(p for p in (base_path, family.stages) if p)
         self._sequential = False
@@ -242,7 +242,7 @@ class ConvNestedModel(NestedModel):
                 k = int(sizes["depth"][row]) if "depth" in sizes else self.full["depth"]
                 shared, blocks = tables[c]
                 out.append(shared + sum(v for (_, j), v in blocks.items() if j < k))
-            return torch.tensor(out, dtype=torch.float64).numpy()
+            return np.asarray(out, dtype=np.float64)
 
         return cost
 

@@ -89,10 +89,11 @@ class StageFamily:
     def full_sizes(self, config: Any) -> dict[str, int]:
         """`channels`: the last stage's width; `depth`: the deepest stage's block count; `min_width`: the
         narrowest width the config holds (what a channels value must keep at one channel or more)."""
-        flat = [w for v in self.stage_widths(config).values() for w in (v if isinstance(v, list) else [v])]
+        widths = self.stage_widths(config)
+        flat = [w for v in widths.values() for w in (v if isinstance(v, list) else [v])]
         depths = list(getattr(config, self.depths))
         return {
-            "channels": int(flat_last(self.stage_widths(config))),
+            "channels": int(flat_last(widths)),
             "depth": max(depths),
             "min_width": min(flat),
         }
