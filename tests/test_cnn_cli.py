@@ -74,7 +74,7 @@ def test_export_and_eval_calibrate_and_store_what_the_checkpoint_lacks(tmp_path)
 def test_uncalibrated_narrow_subnet_is_worse_than_calibrated_on_digits():
     """Shared BatchNorm, sandwich training (largest, smallest and one more subnet per step)."""
     torch.manual_seed(0)
-    data = ImageClassificationDataModule("digits", image_size=16, batch_size=64, seed=0)
+    data = ImageClassificationDataModule("digits", image_size=16, batch_size=32, seed=0)
     data.setup("fit")
     config = T.ResNetConfig(
         num_channels=1,
@@ -89,7 +89,7 @@ def test_uncalibrated_narrow_subnet_is_worse_than_calibrated_on_digits():
     optimizer = torch.optim.AdamW(nested.parameters(), lr=3e-3)
     subnets = nested.space.subnets()
     batches = itertools.cycle(data.train_dataloader())
-    for step in range(60):
+    for step in range(40):
         batch = next(batches)
         optimizer.zero_grad()
         for subnet in (subnets[-1], subnets[0], subnets[1 + step % (len(subnets) - 2)]):
