@@ -33,6 +33,7 @@ BENCHMARKS = {
     "sandwich_step": "11. sandwich step (largest + smallest + random, one optimizer step) / three dense steps",
     "compiled_step": "12. train.compile: compiled / eager step, graphs compiled over 100 sandwich steps",
     "time_to_quality": "13. end to end: time to every shape's alone accuracy, nested / alone one after another",
+    "cnn": "14. ResNet: nesting tax of a train step; 0.5-width subnet forward / extracted model",
 }
 OUT = Path(__file__).parent / "out" / "results.md"
 

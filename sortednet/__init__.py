@@ -1,5 +1,6 @@
 """sortednet: nested sub-networks for unmodified Hugging Face transformers models."""
 
+from .bn_calibration import calibrate
 from .checkpoint import read_metadata
 from .export import load_submodel
 from .importance import block_influence, reorder
@@ -15,6 +16,7 @@ __all__ = [
     "Subnet",
     "apply_permutation",
     "block_influence",
+    "calibrate",
     "load",
     "load_submodel",
     "nest",

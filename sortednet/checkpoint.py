@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from . import hf
 from .atomic import atomic_write
-from .families import Family, family_for, registered
+from .families import AnyFamily, family_for, family_from_dict, registered
 from .spec import NestingSpace
 
 FORMAT = "sortednet"
@@ -62,6 +62,7 @@ OWN_KEYS = {
     "low_rank",
     "options",
     "nonfinite",
+    "bn_calibrated",
     "_keys",
 }
 
@@ -174,7 +175,7 @@ def _check_size(path: Path, keys: set[str]) -> None:
         )
 
 
-def family_of(meta: Mapping[str, Any]) -> Family:
+def family_of(meta: Mapping[str, Any]) -> AnyFamily:
     """The family a checkpoint's weights were nested with.
 
     The header stores it. The registered family for the model type is used when it equals the stored one;
@@ -184,7 +185,7 @@ def family_of(meta: Mapping[str, Any]) -> Family:
     stored = meta.get("family")
     if stored is None:
         return family_for(hf.config_from_dict(meta["config"]))
-    family = Family.from_dict(stored)
+    family = family_from_dict(stored)
     held = registered(meta["config"].get("model_type"))
     if held is None:
         return family
@@ -196,6 +197,11 @@ def family_of(meta: Mapping[str, Any]) -> Family:
         stacklevel=2,
     )
     return family
+
+
+def run_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """What a run added to a checkpoint's header (train config, eval table, ...): the keys the format does not own."""
+    return {k: v for k, v in read_metadata(path).items() if k not in OWN_KEYS and k != "bn_calibrated"}
 
 
 def update_metadata(path: str | os.PathLike, **extra: Any) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from . import hf
 from .checkpoint import family_of, read_metadata, resolve
-from .families import Family
+from .families import Family, StageFamily
 from .heads import head_aliases
 from .layers import layer_rank
 from .pooling import pooled_refusal
@@ -99,6 +99,11 @@ def read_submodel(path: Path, meta: Mapping[str, Any], subnet: Subnet | str) -> 
     space = NestingSpace.from_dict(meta["space"]).bind(full, lambda d, v: family.resolve(full, d, v), None)
     sizes = space.resolve(subnet)
     with safe_open(str(path), framework="pt") as f:
+        aliases = {**meta.get("aliases", {}), **head_aliases(f.keys(), sizes.get("depth", full["depth"]))}
+        if isinstance(family, StageFamily):
+            from .conv_nest import file_aliases
+
+            aliases.update(file_aliases(meta, config, family, full, sizes, space.normalize(subnet), f.keys()))
         return build_submodel(
             hf.model_class(meta["model_class"]),
             config,
@@ -106,6 +111,6 @@ def read_submodel(path: Path, meta: Mapping[str, Any], subnet: Subnet | str) -> 
             full,
             sizes,
             lambda key, idx: f.get_slice(key)[idx],
-            {**meta.get("aliases", {}), **head_aliases(f.keys(), sizes.get("depth", full["depth"]))},
+            aliases,
             factorized_ranks(low_rank, full, sizes, space),
         )

@@ -302,6 +302,8 @@ def _block_influence(model: nn.Module, family: Family, batches: Iterable[Batch])
 def influence_record(nested: NestedModel, batches: Iterable[Mapping[str, Any]], what: str) -> dict[str, Any]:
     """Block influence of every layer (1 - cos(input, output)) on `batches` (labels dropped), as stored in the
     checkpoint metadata under "block_influence"."""
+    if not isinstance(getattr(nested, "family", None), Family):  # stage families: blocks change shape
+        return {"values": [], "data": what, "batches": 0, "skipped": "per-layer influence is for layer lists"}
     batches = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
     values = block_influence(nested, batches)
     return {"values": [round(v, 6) for v in values], "data": what, "batches": len(batches)}
@@ -309,6 +311,8 @@ def influence_record(nested: NestedModel, batches: Iterable[Mapping[str, Any]], 
 
 def influence_line(record: Mapping[str, Any]) -> str:
     values = record["values"]
+    if not values:
+        return f"block influence: not measured ({record.get('skipped', 'no layers')})"
     cheapest = sorted(range(len(values)), key=values.__getitem__)[: max(1, len(values) // 3)]
     return (
         "block influence per layer (1 - cos(input, output), low = cheap to cut): "

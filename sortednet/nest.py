@@ -15,7 +15,7 @@ from . import hf
 from .checkpoint import write
 from .cost import param_cost_fn
 from .export import build_submodel, factorized_ranks
-from .families import Family, family_for
+from .families import Family, StageFamily, family_for
 from .heads import DepthHeads, check_head, head_aliases
 from .heads import apply as apply_heads
 from .layers import (
@@ -43,6 +43,7 @@ def nest(
     check: bool | None = None,
     pooling: str | None = None,
     head: str | None = None,
+    bn: str | None = None,
 ) -> NestedModel:
     """Wrap `model` in place so that every subnet of `space` can run; at the largest it is unchanged.
 
@@ -54,7 +55,11 @@ def nest(
 
     `family` defaults to the one registered for `config.model_type`. A family not marked `verified` is first
     checked on a tiny random model of the same class (`sortednet.testing.quick_check`, well under a second,
-    once per process); `check=True` runs that check for any family, `check=False` skips it."""
+    once per process); `check=True` runs that check for any family, `check=False` skips it.
+
+    Stage-based vision families (ResNet, ConvNeXt) nest `channels` and per-stage `depth` (sortednet.conv_nest);
+    `bn="switchable"` gives each smaller width its own BatchNorm (Slimmable), else calibrate the statistics of
+    each subnet with `sortednet.calibrate` (US-Nets)."""
     if isinstance(model, NestedModel) or any(isinstance(m, SlicedLinear) for m in model.modules()):
         raise ValueError("model is already nested; nest the original model once (or call unnest() first)")
     if not isinstance(space, NestingSpace):
@@ -63,6 +68,18 @@ def nest(
     if config is None or not hasattr(model, "base_model"):
         raise ValueError(f"nest() takes a transformers PreTrainedModel; got {type(model).__name__}")
     family = family or family_for(config)
+    if isinstance(family, StageFamily):
+        from .conv_nest import nest_stages
+
+        if pooling or head not in (None, "shared"):
+            raise ValueError(
+                f"pooling/head options are for transformers; model family {family.name!r} takes neither"
+            )
+        return nest_stages(model, space, family, bn)
+    if bn is not None:
+        raise ValueError(
+            f"bn={bn!r} is for BatchNorm networks; model family {family.name!r} has no BatchNorm"
+        )
     full = family.full_sizes(config)
     if "rank" in space.dims:
         layer = model.base_model.get_submodule(family.layers)[0]

@@ -20,7 +20,7 @@ def _cell(key: str, value: Any) -> str:
         return ""
     if key in ("params", "flops"):
         return human(value)
-    if key == "accuracy":
+    if key in ("accuracy", "accuracy_uncalibrated"):
         return f"{100 * value:.2f}%"
     if key == "latency_ms":
         return f"{value:.3g}"

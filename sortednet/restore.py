@@ -28,6 +28,9 @@ def load(path: str | os.PathLike) -> NestedModel:
             nested.model, lambda key, shape: f.get_tensor(aliases.get(key, key)), key_map=original_key
         )
     nested.apply_low_rank_info(meta.get("low_rank", {}))
+    if meta.get("bn_calibrated"):
+        with safe_open(str(path), framework="pt") as f:
+            nested.read_stats(f.get_tensor, meta, f.keys())
     nested.eval()
     nested.metadata = {k: v for k, v in meta.items() if k not in OWN_KEYS}
     return nested
@@ -38,5 +41,10 @@ def nest_as_saved(model: nn.Module, meta: Mapping[str, Any]) -> NestedModel:
     options = meta.get("options") or {}
     space = NestingSpace.from_dict(meta["space"])
     return nest(
-        model, space, family=family_of(meta), pooling=options.get("pooling"), head=options.get("head")
+        model,
+        space,
+        family=family_of(meta),
+        pooling=options.get("pooling"),
+        head=options.get("head"),
+        bn=options.get("bn"),
     )

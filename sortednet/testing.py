@@ -31,7 +31,7 @@ import transformers
 from torch import nn
 
 from . import reference as ref
-from .families import Family, family_for
+from .families import Family, StageFamily, family_for
 from .spec import NestingSpace, Subnet
 
 __all__ = ["FamilyCheckError", "FamilyReport", "check_family", "quick_check"]
@@ -82,8 +82,18 @@ def check_family(
     failure; returns the measured differences."""
     config = _base_config(config_or_model_type)
     family = family or family_for(config)
-    dims = _checked_dims(family, dims)
     cls = model_class or ref.default_model_class(config)
+    if isinstance(
+        family, StageFamily
+    ):  # convolutional: channels x per-stage depth (sortednet.testing_stages)
+        from .testing_stages import check_stage_family
+
+        start = time.perf_counter()
+        diffs = check_stage_family(config, family, cls, seed)
+        report = FamilyReport(family.name, cls.__name__, family.dims, subnets=9, diffs=diffs)
+        report.seconds = time.perf_counter() - start
+        return report
+    dims = _checked_dims(family, dims)
     return _Checker(family, cls, config, depth=4, seed=seed, overrides=config_overrides).run(
         dims, quick=False
     )

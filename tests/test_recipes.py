@@ -74,6 +74,20 @@ def hub_free_overrides(name: str, tmp_path: Path) -> list[str]:
         return ["data.max_chars=200000", "data.batch_size=8"]
     if name == "minilm_nested":
         return ["data.batch_size=8", "data.max_length=64"]
+    if name == "usnet_cifar10":  # digits in place of the Hub's CIFAR-10, a narrow ResNet, the CPU
+        return [
+            "trainer=cpu",
+            "data.dataset=digits",
+            "data.val_split=null",
+            "data.image_size=16",
+            "data.batch_size=16",
+            "data.num_workers=0",
+            "model.config.embedding_size=16",
+            "model.config.hidden_sizes=[16,32,64,128]",
+            "eval_table.calibration_batches=2",
+        ]
+    if name == "slimmable_resnet_digits":
+        return ["eval_table.calibration_batches=2"]
     return []
 
 
@@ -89,7 +103,9 @@ def test_every_recipe_is_listed():
         "matformer_llama",
         "minilm_nested",
         "shakespeare_gpt2",
+        "slimmable_resnet_digits",
         "sortednet_bert_glue",
+        "usnet_cifar10",
     ]
     for name in RECIPES:
         head = (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()[:3]

@@ -83,7 +83,26 @@ BUILDERS = {
         T.DebertaV2Config(**_text(num_labels=3, pooler_hidden_size=32, **DEBERTA_V3))
     ),
 }
-FAMILIES = list(BUILDERS)
+FAMILIES = list(BUILDERS)  # the transformer families; the convolutional ones are below
+
+
+def _stages(**kw):
+    return dict(num_channels=1, num_labels=10, hidden_sizes=[8, 16, 32], depths=[2, 1, 2], **kw)
+
+
+STAGE_BUILDERS = {
+    "resnet": lambda: T.ResNetForImageClassification(
+        T.ResNetConfig(embedding_size=8, layer_type="basic", **_stages())
+    ),
+    "resnet-bottleneck": lambda: T.ResNetForImageClassification(  # a bottleneck is a quarter of its block
+        T.ResNetConfig(
+            num_channels=1, num_labels=10, embedding_size=16, hidden_sizes=[16, 32, 64], depths=[2, 1, 2]
+        )
+    ),
+    "convnext": lambda: T.ConvNextForImageClassification(
+        T.ConvNextConfig(num_stages=3, patch_size=2, **_stages())
+    ),
+}
 
 # check_family's tiny config for these model types (their defaults would leave a feature unexercised)
 CHECK_OVERRIDES = {

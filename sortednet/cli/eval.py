@@ -155,6 +155,7 @@ def evaluate_checkpoint(
     from ..measure import pick_subnets
     from ..report import plot_pareto, write_table
     from ..tasks import task_for
+    from .calibration import calibrate_missing, store
 
     s = settings_of(cfg or {})
     console = console or Console(stderr=True)
@@ -170,6 +171,7 @@ def evaluate_checkpoint(
     data, data_cfg = build_data(meta, data_cfg, s["eval_batch_size"], fallback=s)
     task = task_for(data.task)
     nested.to(device)
+    calibrated = calibrate_missing(nested, subnets, meta, int(s.get("calibration_batches") or 20), data)
     batches = Batches(data.val_dataloader(), s["max_batches"])
     start = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -222,7 +224,10 @@ def evaluate_checkpoint(
     if s["write_checkpoint"]:
         nested.to("cpu")
         own = {k: v for k, v in info.items() if k != "block_influence"}
-        update_metadata(path, eval_table=rows, eval_info=own, block_influence=info["block_influence"])
+        if calibrated:  # new BatchNorm statistics: tensors, so the file is rewritten, not only its header
+            store(nested, path, eval_table=rows, eval_info=own, block_influence=info["block_influence"])
+        else:
+            update_metadata(path, eval_table=rows, eval_info=own, block_influence=info["block_influence"])
     return rows, info
 
 

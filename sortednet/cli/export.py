@@ -139,8 +139,11 @@ def export_subnet(
     dtype: str = "fp32",
     force: bool = False,
     rgb: bool = False,
+    calibration_batches: int = 20,
 ) -> dict[str, Any]:
-    """Write `subnet` of `ckpt` to the folder `out` (all or nothing: built in a temp folder, then renamed)."""
+    """Write `subnet` of `ckpt` to the folder `out` (all or nothing: built in a temp folder, then renamed). A
+    BatchNorm network's subnet is exported with calibrated statistics: those the checkpoint stores, else computed
+    on `calibration_batches` of the run's training data and stored in the checkpoint first."""
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -157,6 +160,8 @@ def export_subnet(
     out = check_out_dir(out, force, protect=[path, run / "checkpoints"])
     subnet_obj = Subnet.parse(subnet)
     pooled = (meta.get("options") or {}).get("pooling") == "mean"
+    if (meta.get("family") or {}).get("kind") == "stages":  # BatchNorm: the subnet's own statistics
+        meta = calibrated_meta(path, meta, subnet_obj, calibration_batches)
     model = read_submodel(path, meta, subnet_obj)  # checks the subnet against the space and the family
     refuse_nonfinite(
         path,
@@ -252,6 +257,19 @@ def report(info: Mapping[str, Any], out: str | Path) -> None:
         )
 
 
+def calibrated_meta(path: Path, meta: Mapping[str, Any], subnet: Any, batches: int) -> Mapping[str, Any]:
+    """The checkpoint's header once `subnet` has calibrated BatchNorm statistics in the file."""
+    import sortednet as sn
+
+    from .calibration import calibrate_missing, store
+
+    nested = sn.load(path)
+    if calibrate_missing(nested, [subnet], meta, batches):
+        store(nested, path)
+        return sn.read_metadata(path)
+    return meta
+
+
 @command(PROG)
 def main(argv: Sequence[str] | None = None) -> None:
     parser = Parser(
@@ -272,8 +290,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="1-channel image models: take RGB input (grey weights / 3 per channel), for pipeline(), which "
         "converts every image to RGB",
     )
+    parser.add_argument(
+        "--calibration-batches",
+        type=int,
+        default=20,
+        help="BatchNorm networks: training batches that calibrate a subnet the checkpoint has no statistics for",
+    )
     args = parser.parse_args(argv)
-    report(export_subnet(args.ckpt, args.subnet, args.out, args.dtype, args.force, args.rgb), args.out)
+    info = export_subnet(
+        args.ckpt, args.subnet, args.out, args.dtype, args.force, args.rgb, args.calibration_batches
+    )
+    report(info, args.out)
 
 
 if __name__ == "__main__":

@@ -141,6 +141,7 @@ def build(cfg: DictConfig, checked: Checked):
         cfg.ckpt_path,
         pooling=checked.model.pooling,
         head=checked.model.head,
+        **({"bn": checked.model.bn} if checked.model.bn else {}),
     )
     module = SortedNetModule(
         nested,
@@ -193,7 +194,8 @@ def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
 def finish(cfg: DictConfig, trainer: L.Trainer, data, module, run_dir: Path) -> list[dict[str, Any]]:
     """Commit the final checkpoint pair, then (rank 0) evaluate every subnet, print the table and add it to
     the one-file checkpoint's header (a header rewrite: the pair stays of one step)."""
-    from ..checkpoint import update_metadata
+    from ..bn_calibration import DEFAULT_BATCHES, calibrate_subnets, needs_calibration, with_uncalibrated
+    from ..checkpoint import run_metadata, update_metadata
     from ..evaluate import evaluate_subnets
     from ..importance import influence_line
     from ..importance import influence_record as block_influence
@@ -222,6 +224,13 @@ def finish(cfg: DictConfig, trainer: L.Trainer, data, module, run_dir: Path) -> 
         )
         batches = itertools.islice(data.val_dataloader(), cfg.eval_table.max_batches)
         rows = evaluate_subnets(nested, batches, module.task, subnets)
+        if needs_calibration(nested):  # BatchNorm: each subnet's statistics from training batches (US-Nets)
+            n = int(cfg.eval_table.get("calibration_batches", DEFAULT_BATCHES))
+            uncalibrated = rows
+            calibrate_subnets(nested, subnets, data.train_dataloader(), n)
+            batches = itertools.islice(data.val_dataloader(), cfg.eval_table.max_batches)
+            rows = with_uncalibrated(evaluate_subnets(nested, batches, module.task, subnets), uncalibrated)
+            nested.save(one_file_path(last), metadata=run_metadata(one_file_path(last)))
         write_table(rows, run_dir)
         print_table(
             rows, title=f"{cfg.name}: every sub-model on the validation set", metric=module.task.metric

@@ -20,21 +20,23 @@ from .gpt2 import GPT2
 from .llama import LLAMA
 from .phi3 import PHI3
 from .qwen3 import QWEN3
+from .stages import CONVNEXT, RESNET, StageFamily
 from .vit import VIT
 
 ENTRY_POINT_GROUP = "sortednet.families"
-BUILT_IN = (BERT, GPT2, LLAMA, VIT, QWEN3, PHI3, GEMMA, DISTILBERT, DEBERTA_V2)
+BUILT_IN = (BERT, GPT2, LLAMA, VIT, QWEN3, PHI3, GEMMA, DISTILBERT, DEBERTA_V2, RESNET, CONVNEXT)
+AnyFamily = Family | StageFamily
 
 _REGISTRY: dict[str, Family] = {}
 _entry_points_loaded = False
 
 
-def register(family: Family, override: bool = False) -> Family:
+def register(family: AnyFamily, override: bool = False) -> AnyFamily:
     """Make `nest()` accept models whose `config.model_type` is one of `family.model_types`.
 
     A model type that another family already claims is refused unless `override=True`; registering an equal
     family again changes nothing."""
-    if not isinstance(family, Family):
+    if not isinstance(family, (Family, StageFamily)):
         raise TypeError(f"register() takes a sortednet.families.Family; got {type(family).__name__}")
     if not override:
         for model_type in family.model_types:
@@ -49,7 +51,12 @@ def register(family: Family, override: bool = False) -> Family:
     return family
 
 
-def registered(model_type: str | None) -> Family | None:
+def family_from_dict(data: Any) -> AnyFamily:
+    """The family a checkpoint header stores: a StageFamily carries kind="stages", a Family no kind."""
+    return StageFamily.from_dict(data) if data.get("kind") == "stages" else Family.from_dict(data)
+
+
+def registered(model_type: str | None) -> AnyFamily | None:
     """The family registered for a model type, or None."""
     _load_entry_points()
     return _REGISTRY.get(model_type) if model_type is not None else None
@@ -60,7 +67,7 @@ def supported_model_types() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def family_for(config: Any) -> Family:
+def family_for(config: Any) -> AnyFamily:
     model_type = getattr(config, "model_type", None)
     family = registered(model_type)
     if family is None:
@@ -97,7 +104,7 @@ def _families_of(obj: Any) -> Iterable[Family]:
         obj = obj()
     families = [obj] if isinstance(obj, Family) else list(obj)
     for family in families:
-        if not isinstance(family, Family):
+        if not isinstance(family, (Family, StageFamily)):
             raise TypeError(f"gave a {type(family).__name__}, not a sortednet.families.Family")
     return families
 
@@ -106,8 +113,11 @@ for _family in BUILT_IN:
     register(_family)
 
 __all__ = [
+    "AnyFamily",
     "ENTRY_POINT_GROUP",
     "Family",
+    "StageFamily",
+    "family_from_dict",
     "Projection",
     "family_for",
     "register",

@@ -39,6 +39,9 @@ class ModelSpec:
     pooling: str | None = None
     head: str = "shared"
     train_mode: bool = True
+    bn: str | None = (
+        None  # BatchNorm networks: null/batch (calibrate after training) | switchable (one per width)
+    )
 
     def __post_init__(self) -> None:
         from ..heads import HEADS
@@ -58,6 +61,8 @@ class ModelSpec:
             )
         if self.head not in HEADS:
             raise ValueError(f"model.head={self.head!r} is unknown; allowed: {', '.join(HEADS)}")
+        if self.bn not in (None, "batch", "switchable"):
+            raise ValueError(f"model.bn={self.bn!r} is unknown; allowed: batch, switchable or null")
         if not isinstance(self.train_mode, bool):
             raise ValueError(f"model.train_mode={self.train_mode!r} is not allowed; allowed: true or false")
         model_type = (self.config or {}).get("model_type")

@@ -1,0 +1,126 @@
+"""check_family for stage-based vision families (ResNet, ConvNeXt): is a StageFamily right? Right or say no.
+
+On a tiny random model (random BatchNorm statistics included), for every subnet of channels x depth:
+  the largest subnet equals the original bit for bit;
+  `use(subnet)` (eval) and `extract(subnet)` equal a reference built here without the family's rules: the
+    plain class from a config whose every width is multiplied by the channel ratio (the tiny widths divide
+    exactly) and whose stages keep min(k, blocks) blocks, every tensor the prefix of the full model's tensor
+    of the same key;
+  `num_params` is the reference's parameter count; save / load / load_submodel round trip bit-exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .families.stages import StageFamily
+from .spec import NestingSpace, Subnet
+
+TOLERANCE = 1e-5
+TINY_WIDTHS = [16, 32, 64]  # the channel ratios checked (1/4, 1/2) divide every width
+TINY_DEPTHS = [2, 1, 3]
+
+
+def tiny_stage_config(config: Any, family: StageFamily) -> Any:
+    data = config.to_dict()
+    for key in family.widths:
+        data[key] = list(TINY_WIDTHS) if isinstance(data[key], list) else TINY_WIDTHS[0]
+    data[family.depths] = list(TINY_DEPTHS)
+    data.update(num_channels=3, num_labels=5, id2label=None, label2id=None)
+    for key in ("num_stages",):
+        if key in data:
+            data[key] = len(TINY_WIDTHS)
+    for key in ("out_features", "out_indices", "stage_names"):
+        data.pop(key, None)
+    return type(config).from_dict(data)
+
+
+def random_stage_model(cls: type, config: Any, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if not t.is_floating_point():
+                continue
+            noise = torch.randn(t.shape, generator=g)
+            if name.endswith("running_var"):
+                t.copy_(0.5 + noise.abs())
+            elif t.dim() >= 2:
+                t.copy_(noise / t[0].numel() ** 0.5)
+            else:
+                t.add_(0.1 * noise)
+    return model
+
+
+def reference_model(
+    cls: type, config: Any, family: StageFamily, state: dict, ratio: tuple[int, int], depth: int
+):
+    """The plain model at channels num/den of every width and `depth` blocks per stage, weights cut here."""
+    num, den = ratio
+    small = copy.deepcopy(config)
+    for key in family.widths:
+        value = getattr(config, key)
+        setattr(
+            small, key, [w * num // den for w in value] if isinstance(value, list) else value * num // den
+        )
+    setattr(small, family.depths, [min(depth, d) for d in getattr(config, family.depths)])
+    model = cls(small).eval()
+    cut = {k: state[k][tuple(slice(0, n) for n in v.shape)].clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(cut)
+    return model
+
+
+def check_stage_family(config: Any, family: StageFamily, cls: type, seed: int = 0) -> dict[str, float]:
+    """Raises FamilyCheckError (one line) on the first failure; returns the largest difference per check."""
+    from .export import load_submodel
+    from .nest import nest
+    from .restore import load
+    from .testing import FamilyCheckError
+
+    config = tiny_stage_config(config, family)
+    model = random_stage_model(cls, config, seed)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(seed + 1))
+    diffs: dict[str, float] = {}
+
+    def compare(check: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
+        diff = (got - want).abs().max().item() if got.shape == want.shape else float("inf")
+        diffs[check] = max(diffs.get(check, 0.0), diff)
+        if not diff <= tol:
+            raise FamilyCheckError(
+                f"family {family.name!r} on a tiny {cls.__name__}: {check} differ by {diff:.3g}"
+            )
+
+    with torch.no_grad():
+        original = model(pixel_values=x).logits
+        nested = nest(model, NestingSpace(channels=[0.25, 0.5, 1.0], depth=[1, 2, 3]), family=family)
+        compare("largest vs original", nested(pixel_values=x).logits, original, 0.0)
+        for subnet in nested.space.subnets():
+            ratio = (round(subnet["channels"] * 4), 4)
+            reference = reference_model(cls, config, family, state, ratio, int(subnet["depth"]))
+            want = reference(pixel_values=x).logits
+            with nested.use(subnet):
+                compare("use() vs reference", nested(pixel_values=x).logits, want, TOLERANCE)
+            compare("extract() vs reference", nested.extract(subnet)(pixel_values=x).logits, want, TOLERANCE)
+            if nested.num_params(subnet) != reference.num_parameters():
+                raise FamilyCheckError(
+                    f"family {family.name!r}: num_params({subnet}) {nested.num_params(subnet)} != "
+                    f"the reference's {reference.num_parameters()}"
+                )
+        subnet = Subnet(channels=0.5, depth=1)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "stages.safetensors"
+            nested.save(path)
+            loaded = load(path)
+            with nested.use(subnet), loaded.use(subnet):
+                compare("load() vs nested", loaded(pixel_values=x).logits, nested(pixel_values=x).logits, 0.0)
+            small = load_submodel(path, subnet)(pixel_values=x).logits
+            compare("load_submodel() vs extract()", small, nested.extract(subnet)(pixel_values=x).logits, 0.0)
+    return diffs
