@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from .checks import number
-from .spec import NestingSpace, Subnet
+from .many import MemberSpace
+from .spec import Subnet
 
 WEIGHTINGS = ("uniform", "linear", "inverse", "geometric")
 
@@ -21,7 +22,7 @@ class Sampler:
     name = "base"
     guarantees_largest = False  # the largest subnet is in every draw (needed for in-place distillation)
 
-    def __init__(self, space: NestingSpace, k: int = 1, seed: int = 0) -> None:
+    def __init__(self, space: MemberSpace, k: int = 1, seed: int = 0) -> None:
         number("sampler.k", k, int, low=1, high=len(space))
         self.space, self.k, self.seed = space, int(k), int(number("seed", seed, int, low=0))
         self.ordered = space.subnets()
@@ -64,7 +65,7 @@ class AllSampler(Sampler):
     guarantees_largest = True
 
     def __init__(
-        self, space: NestingSpace, k: int | None = None, seed: int = 0, max_subnets: int = 64
+        self, space: MemberSpace, k: int | None = None, seed: int = 0, max_subnets: int = 64
     ) -> None:
         if len(space) > max_subnets:
             raise ValueError(
@@ -92,7 +93,7 @@ class SandwichSampler(Sampler):
     name = "sandwich"
     guarantees_largest = True
 
-    def __init__(self, space: NestingSpace, k: int = 4, seed: int = 0) -> None:
+    def __init__(self, space: MemberSpace, k: int = 4, seed: int = 0) -> None:
         if k < 2 and len(space) > 1:
             raise ValueError(f"sampler.k={k} is too small for sampler=sandwich; allowed: k >= 2")
         super().__init__(space, k, seed)
@@ -113,7 +114,7 @@ class SortedSampler(Sampler):
     name = "sorted"
 
     def __init__(
-        self, space: NestingSpace, k: int = 1, seed: int = 0, weighting: str = "uniform", ratio: float = 0.9
+        self, space: MemberSpace, k: int = 1, seed: int = 0, weighting: str = "uniform", ratio: float = 0.9
     ):
         super().__init__(space, k, seed)
         if weighting not in WEIGHTINGS:
@@ -148,7 +149,7 @@ class BudgetSampler(Sampler):
     name = "budget"
 
     def __init__(
-        self, space: NestingSpace, k: int = 4, seed: int = 0, costs: np.ndarray | None = None
+        self, space: MemberSpace, k: int = 4, seed: int = 0, costs: np.ndarray | None = None
     ) -> None:
         super().__init__(space, k, seed)
         cost = np.log(np.asarray(space.costs() if costs is None else costs, dtype=np.float64))
@@ -171,7 +172,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
 }
 
 
-def make_sampler(name: str, space: NestingSpace, **options: Any) -> Sampler:
+def make_sampler(name: str, space: MemberSpace, **options: Any) -> Sampler:
     """The sampler called `name` (the Python API; the CLI instantiates `sampler._target_`)."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler {name!r} is unknown; allowed: {', '.join(SAMPLERS)}")
