@@ -27,8 +27,8 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from ..checks import number
-from ..sampling import Sampler
 from ..many import MemberSpace
+from ..sampling import Sampler
 from ..train.calibrate import Reorder, check_resume_reorder, split_nesting
 from ..train.models import ModelSpec, offline_model_path
 from ..train.module import check_distill
@@ -141,11 +141,11 @@ def build(cfg: DictConfig, checked: Checked):
         if checked.stitching
         else nest_for_training(
             model,
-        checked.space,
-        checked.reorder,
-        data,
-        task,
-        cfg.ckpt_path,
+            checked.space,
+            checked.reorder,
+            data,
+            task,
+            cfg.ckpt_path,
             pooling=checked.model.pooling,
             head=checked.model.head,
         )

@@ -50,7 +50,9 @@ class Stitching:
         node = dict(node)
         anchors = node.pop("anchors", None)
         if not isinstance(anchors, Mapping) or len(anchors) < 2:
-            raise ValueError(f"stitch.anchors={anchors!r}; allowed: a mapping of two or more names to model specs")
+            raise ValueError(
+                f"stitch.anchors={anchors!r}; allowed: a mapping of two or more names to model specs"
+            )
         specs = {}
         for name, entry in anchors.items():
             entry = {k: v for k, v in dict(entry).items() if k != "_target_"}
@@ -105,8 +107,9 @@ class Stitching:
 def pretrain(name: str, model: nn.Module, data: Any, task: Task, steps: int, lr: float, seed: int) -> None:
     """Train one anchor alone for `steps` AdamW steps on the run's training data (epochs in the seed's order,
     the same on every rank), for anchors built from a config rather than loaded pretrained."""
-    from ..data.loader import epoch_order
     from torch.utils.data import default_collate
+
+    from ..data.loader import epoch_order
 
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -128,7 +131,7 @@ def pretrain(name: str, model: nn.Module, data: Any, task: Task, steps: int, lr:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
-            first = float(loss) if first is None else first
+            first = float(loss.detach()) if first is None else first
             step += 1
             if step == steps:
                 break
