@@ -63,13 +63,19 @@ class StitchedModel(nn.Module):
     """Anchors (transformers models, smallest first) and the stitching layers between them; `use(stitch)` picks
     the network that runs (see sortednet.stitch.space for the spelling). Implements sortednet.many.ManyInOne."""
 
-    def __init__(self, anchors: Mapping[str, nn.Module], config: StitchConfig, kind: AnchorKind) -> None:
+    def __init__(
+        self,
+        anchors: Mapping[str, nn.Module],
+        config: StitchConfig,
+        kind: AnchorKind,
+        members: Sequence[Stitch | str] | None = None,
+    ) -> None:
         super().__init__()
         self.anchors = nn.ModuleDict(dict(anchors))
         self.config, self.kind = config, kind
         self.metadata: dict[str, Any] = {}
         infos = [AnchorInfo(n, len(layer_list(m)), int(m.config.hidden_size)) for n, m in anchors.items()]
-        self.space = StitchSpace(infos, config)
+        self.space = StitchSpace(infos, config, members)
         self.route = Route(infos[-1].name)
         for name, model in anchors.items():
             parent_path, _, attr = _layers_path(model)
@@ -200,7 +206,7 @@ def stitched_from_header(meta: Mapping[str, Any], empty: bool = True) -> Stitche
         raise ValueError(
             f"stitched checkpoint: anchor model_type={model_type!r} cannot be stitched by this sortednet"
         )
-    return StitchedModel(anchors, StitchConfig(**meta["stitch"]), kind)
+    return StitchedModel(anchors, StitchConfig(**meta["stitch"]), kind, meta["space"].get("members"))
 
 
 def load_stitched(path: str | os.PathLike, meta: Mapping[str, Any]) -> StitchedModel:

@@ -74,7 +74,10 @@ class StitchSpace:
     by parameter count: exact once `bind()` gave each anchor's parts, a proxy (12 d^2 per block) before."""
 
     def __init__(
-        self, anchors: Sequence[AnchorInfo | Sequence[Any]], config: StitchConfig | None = None
+        self,
+        anchors: Sequence[AnchorInfo | Sequence[Any]],
+        config: StitchConfig | None = None,
+        members: Sequence[Stitch | str] | None = None,
     ) -> None:
         self.anchors = tuple(
             a if isinstance(a, AnchorInfo) else AnchorInfo(str(a[0]), int(a[1]), int(a[2])) for a in anchors
@@ -82,10 +85,12 @@ class StitchSpace:
         self.config = config or StitchConfig()
         self._by_name = {a.name: a for a in self.anchors}
         self._parts: dict[str, AnchorParts] | None = None
-        members = [Stitch(a.name) for a in self.anchors]
-        for front, back in self.pairs():
-            members += self._stitches(front, back)
-        self._members = members
+        self.explicit = members is not None  # one exported network: its members as listed, not enumerated
+        if members is None:
+            members = [Stitch(a.name) for a in self.anchors]
+            for front, back in self.pairs():
+                members += self._stitches(front, back)
+        self._members = [Stitch.parse(m) for m in members]
         self._set_order()
 
     def pairs(self) -> list[tuple[AnchorInfo, AnchorInfo]]:
@@ -154,8 +159,9 @@ class StitchSpace:
 
     @property
     def largest(self) -> Stitch:
-        """The largest anchor (the teacher of in-place distillation)."""
-        return Stitch(self.anchors[-1].name)
+        """The largest anchor (the teacher of in-place distillation); in an exported network, its member."""
+        anchor = Stitch(self.anchors[-1].name)
+        return anchor if anchor in self._index else self._ordered[-1]
 
     @property
     def smallest(self) -> Stitch:
@@ -199,15 +205,18 @@ class StitchSpace:
         return [self._ordered[i] for i in rng.integers(0, len(self), size=k)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "stitch": [[a.name, a.depth, a.width] for a in self.anchors],
             **{k: v for k, v in self.config.to_dict().items() if k != "ridge"},
         }
+        if self.explicit:
+            out["members"] = [str(m) for m in self._members]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StitchSpace:
-        options = {k: v for k, v in data.items() if k != "stitch"}
-        return cls(data["stitch"], StitchConfig(**options))
+        options = {k: v for k, v in data.items() if k not in ("stitch", "members")}
+        return cls(data["stitch"], StitchConfig(**options), data.get("members"))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, StitchSpace) and self.to_dict() == other.to_dict()
