@@ -29,6 +29,7 @@ BENCHMARKS = {
     "rank": "8. rank-r subnet forward / two-layer model; params and latency across ranks",
     "bench_ddp": "9. data parallel: nested DDP step / plain Lightning DDP (2 processes)",
     "grad_slices": "10. subnet train step / dense: autograd slices + AdamW vs slice-aware grads + fused AdamW",
+    "stitch_forward": "11. stitch forward under use() / the same blocks as one plain model",
 }
 OUT = Path(__file__).parent / "out" / "results.md"
 

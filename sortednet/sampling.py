@@ -144,27 +144,46 @@ class BudgetSampler(Sampler):
 
     `costs` (aligned with `space.subnets()`) defaults to the space's exact parameter counts; pass FLOPs to
     stratify by compute.
+
+    `groups=G` is SN-Netv2's resource-constrained sampling: the log-cost range is cut into G groups and each
+    draw picks K distinct non-empty groups uniformly, then one member in each (with K < G, a step visits only
+    some groups; over steps every group is equally likely whatever its size).
     """
 
     name = "budget"
 
     def __init__(
-        self, space: MemberSpace, k: int = 4, seed: int = 0, costs: np.ndarray | None = None
+        self,
+        space: MemberSpace,
+        k: int = 4,
+        seed: int = 0,
+        costs: np.ndarray | None = None,
+        groups: int | None = None,
     ) -> None:
         super().__init__(space, k, seed)
+        self.groups = None if groups is None else number("sampler.groups", groups, int, low=1)
+        n = self.groups or self.k
         cost = np.log(np.asarray(space.costs() if costs is None else costs, dtype=np.float64))
-        edges = np.linspace(cost.min(), cost.max(), self.k + 1)
-        bins = np.clip(np.searchsorted(edges, cost, side="right") - 1, 0, self.k - 1)
-        strata = [np.flatnonzero(bins == b) for b in range(self.k)]
+        edges = np.linspace(cost.min(), cost.max(), n + 1)
+        bins = np.clip(np.searchsorted(edges, cost, side="right") - 1, 0, n - 1)
+        strata = [np.flatnonzero(bins == b) for b in range(n)]
         self.strata = [s for s in strata if len(s)]
 
     def _draw(self, rng: np.random.Generator) -> list[Subnet]:
-        picks = [int(rng.choice(s)) for s in self.strata]
+        strata = self.strata
+        if self.groups is not None:
+            strata = [
+                strata[i] for i in rng.choice(len(strata), size=min(self.k, len(strata)), replace=False)
+            ]
+        picks = [int(rng.choice(s)) for s in strata]
         extra = self.k - len(picks)  # empty strata: fill with distinct draws from the whole space
         if extra > 0:
             rest = [i for i in range(len(self.ordered)) if i not in picks]
             picks += [int(i) for i in rng.choice(rest, size=min(extra, len(rest)), replace=False)]
         return self._largest_first([self.ordered[i] for i in picks])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **({"groups": self.groups} if self.groups else {})}
 
 
 SAMPLERS: dict[str, type[Sampler]] = {

@@ -57,12 +57,17 @@ def logits(model, inputs) -> torch.Tensor:
         return model(**inputs).logits
 
 
+def test_twelve_block_anchors_give_sn_nets_71_networks_for_three_anchors():
+    infos = [("ti", 12, 192), ("s", 12, 384), ("b", 12, 768)]
+    assert len(sn.StitchSpace(infos)) == 3 + 2 * 34  # SN-Net's DeiT-Ti/S/B count
+
+
 def test_space_is_the_sliding_window_ordered_by_exact_params():
     stitched = sn.stitch({"large": vit(32, 6), "small": vit(16, 4)})
     space = stitched.space
     assert [a.name for a in space.anchors] == ["small", "large"]  # ordered by size, whatever the given order
-    # small cut after c (1..3), large resumes at r with |r - round(1.5 c)| <= 1, 1 <= r <= 5
-    expected = {(c, r) for c in (1, 2, 3) for r in range(1, 6) if abs(r - round(c * 6 / 4)) <= 1}
+    # small cut after c (1..4), large resumes at r with |r - round(1.5 c)| <= 1, 1 <= r <= 6
+    expected = {(c, r) for c in range(1, 5) for r in range(1, 7) if abs(r - round(c * 6 / 4)) <= 1}
     stitches = {(m.cut, m.resume) for m in space if not m.is_anchor}
     assert stitches == expected and len(space) == len(expected) + 2
     costs = space.costs()
@@ -145,6 +150,7 @@ def test_save_then_load_gives_identical_outputs_for_every_member(tmp_path, famil
     assert isinstance(back, sn.StitchedModel) and isinstance(back, sn.ManyInOne)
     assert back.space == stitched.space and back.metadata["note"] == "kept"
     assert back.space.subnets() == stitched.space.subnets()
+    assert list(back.space.costs()) == list(stitched.space.costs())
     for member in stitched.space:
         with stitched.use(member), back.use(member):
             assert torch.equal(logits(stitched, inputs), logits(back, inputs)), member
@@ -219,3 +225,22 @@ def test_bad_stitch_options_are_refused_in_one_line():
         StitchConfig(mode="slow_to_fast")
     with pytest.raises(ValueError, match="stitch.window=0 is below 1"):
         StitchConfig(window=0)
+
+
+def test_budget_groups_draw_every_cost_group_equally_often_whatever_its_size():
+    from collections import Counter
+
+    from sortednet.sampling import BudgetSampler
+
+    space = sn.StitchSpace([("ti", 12, 192), ("s", 12, 384), ("b", 12, 768)])
+    sampler = BudgetSampler(space, k=1, seed=0, groups=4)
+    group_of = {space.subnets()[i]: g for g, members in enumerate(sampler.strata) for i in members}
+    sizes = [len(s) for s in sampler.strata]
+    assert len(sizes) == 4 and max(sizes) > 2 * min(sizes)  # groups of unequal size
+    draws = [sampler.sample(step) for step in range(800)]
+    assert all(len(d) == 1 for d in draws)
+    counts = Counter(group_of[d[0]] for d in draws)
+    assert all(150 <= counts[g] <= 250 for g in range(4)), counts  # 200 each expected
+    assert sampler.sample(7) == BudgetSampler(space, k=1, seed=0, groups=4).sample(
+        7
+    )  # a function of the step

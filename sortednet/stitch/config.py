@@ -16,9 +16,10 @@ class StitchConfig:
     anchors adjacent in size) or `two_way` (SN-Netv2: large -> small as well).
 
     window, stride: SN-Net's sliding window over block positions. The front anchor is cut after every
-    `stride`-th block c (1 <= c < its depth); the back anchor resumes at block r with |r - m| < window, where
-    m = round(c x back depth / front depth) is the matching position (1 <= r < back depth). window=2, stride=1 is
-    SN-Net's default for DeiT (cuts at the same or a neighbouring block).
+    `stride`-th block c (1 <= c <= its depth); the back anchor resumes at block r with |r - m| < window, where
+    m = round(c x back depth / front depth) is the matching position (1 <= r <= back depth; r = depth: only its
+    final norm and head). window=2, stride=1 is SN-Net's default for DeiT: 34 stitches per pair of 12-block
+    anchors, 71 networks for DeiT-Ti/S/B with the anchors, as in its paper.
 
     lora_rank: 0 trains the stitching layers' dense weights (SN-Net); r > 0 freezes the least-squares weight
     and trains a rank-r update on it (SN-Netv2), the bias stays trainable.

@@ -199,7 +199,8 @@ def stitched_from_header(meta: Mapping[str, Any], empty: bool = True) -> Stitche
     for entry in meta["anchors"]:
         config = hf.config_from_dict(entry["config"])
         cls = hf.model_class(entry["model_class"])
-        anchors[entry["name"]] = hf.empty_model(cls, config) if empty else cls(config)
+        anchors[entry["name"]] = model = hf.empty_model(cls, config) if empty else cls(config)
+        model.tie_weights()  # before the parts are counted: a tied head is counted once in its anchor
     model_type = next(iter(anchors.values())).config.model_type
     kind = kind_of(model_type)
     if kind is None:

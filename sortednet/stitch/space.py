@@ -102,10 +102,10 @@ class StitchSpace:
     def _stitches(self, front: AnchorInfo, back: AnchorInfo) -> list[Stitch]:
         out = []
         window = self.config.window
-        for cut in range(1, front.depth, self.config.stride):
+        for cut in range(1, front.depth + 1, self.config.stride):
             match = round(cut * back.depth / front.depth)
             for resume in range(match - window + 1, match + window):
-                if 1 <= resume < back.depth:
+                if 1 <= resume <= back.depth:
                     out.append(Stitch(front.name, cut, back.name, resume))
         return out
 
