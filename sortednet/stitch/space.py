@@ -85,8 +85,7 @@ class StitchSpace:
         self.config = config or StitchConfig()
         self._by_name = {a.name: a for a in self.anchors}
         self._parts: dict[str, AnchorParts] | None = None
-        self.explicit = members is not None  # one exported network: its members as listed, not enumerated
-        if members is None:
+        if members is None:  # given: a checkpoint's own list, or an exported network's one member
             members = [Stitch(a.name) for a in self.anchors]
             for front, back in self.pairs():
                 members += self._stitches(front, back)
@@ -209,8 +208,7 @@ class StitchSpace:
             "stitch": [[a.name, a.depth, a.width] for a in self.anchors],
             **{k: v for k, v in self.config.to_dict().items() if k != "ridge"},
         }
-        if self.explicit:
-            out["members"] = [str(m) for m in self._members]
+        out["members"] = [str(m) for m in self._members]  # a checkpoint reads its members, never re-enumerates
         return out
 
     @classmethod
