@@ -91,10 +91,10 @@ def run(quick: bool) -> list[Result]:
         vits = {"ti": _vit(128, 4, 32, 8), "s": _vit(256, 4, 32, 8)}
         llamas = {"s": _llama(128, 4), "l": _llama(256, 4)}
         images, seq = torch.randn(4, 3, 32, 32), 32
-    else:  # DeiT-Ti -> DeiT-S shapes (192 -> 384, 12 blocks, 224 px / 16); LLaMA 512 -> 1024
-        vits = {"ti": _vit(192, 12, 224, 16), "s": _vit(384, 12, 224, 16)}
+    else:  # DeiT-Ti -> DeiT-S widths and depth (192 -> 384, 12 blocks) on 112 px / 16; LLaMA 512 -> 1024
+        vits = {"ti": _vit(192, 12, 112, 16), "s": _vit(384, 12, 112, 16)}
         llamas = {"s": _llama(512, 4), "l": _llama(1024, 4)}
-        images, seq = torch.randn(8, 3, 224, 224), 128
+        images, seq = torch.randn(8, 3, 112, 112), 64
     cut = len(vits["ti"].base_model.layers) // 2
     return [
         _case("ViT (DeiT-Ti -> DeiT-S shapes)", vits, f"ti:{cut}>s:{cut}", {"pixel_values": images}, quick),

@@ -68,8 +68,22 @@ class Stitching:
         return stitching
 
     def _meta_models(self, data_kwargs: Mapping[str, Any] | None) -> dict[str, nn.Module]:
-        with torch.device("meta"):
-            return {n: s.build(data_kwargs) for n, s in self.anchors.items()}
+        """The anchors with meta-device parameters, from their configs alone (no weights read or downloaded)."""
+        import transformers
+
+        from .. import hf
+
+        models = {}
+        for name, spec in self.anchors.items():
+            kwargs = {**(spec.config or {}), **(data_kwargs or {})}
+            model_type = kwargs.pop("model_type", None)
+            if spec.pretrained:
+                config = transformers.AutoConfig.from_pretrained(spec.pretrained, **kwargs)
+            else:
+                config = transformers.CONFIG_MAPPING[model_type](**kwargs)
+            models[name] = hf.empty_model(getattr(transformers, spec.class_name), config)
+            models[name].tie_weights()  # a tied head counts once, as in the built model
+        return models
 
     def space(self, data_kwargs: Mapping[str, Any] | None = None) -> StitchSpace:
         """The stitch space (exact costs) from the anchors built on the meta device; the anchors are checked."""
