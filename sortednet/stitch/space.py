@@ -208,7 +208,8 @@ class StitchSpace:
             "stitch": [[a.name, a.depth, a.width] for a in self.anchors],
             **{k: v for k, v in self.config.to_dict().items() if k != "ridge"},
         }
-        out["members"] = [str(m) for m in self._members]  # a checkpoint reads its members, never re-enumerates
+        # a checkpoint reads its members back, never re-enumerates them
+        out["members"] = [str(m) for m in self._members]
         return out
 
     @classmethod
