@@ -34,6 +34,7 @@ BENCHMARKS = {
     "compiled_step": "12. train.compile: compiled / eager step, graphs compiled over 100 sandwich steps",
     "time_to_quality": "13. end to end: time to every shape's alone accuracy, nested / alone one after another",
     "cnn": "14. ResNet: nesting tax of a train step; 0.5-width subnet forward / extracted model",
+    "stitch_forward": "15. stitch forward under use() / the same blocks as one plain model",
 }
 OUT = Path(__file__).parent / "out" / "results.md"
 

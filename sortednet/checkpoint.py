@@ -143,6 +143,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _check_fields(path: Path, meta: Mapping[str, Any]) -> None:
+    if meta.get("kind") == "stitched":
+        _check_stitched_fields(path, meta)
+        return
     for fields, required in ((HEADER_FIELDS, True), (OPTIONAL_FIELDS, False)):
         for name, types in fields.items():
             if name not in meta and not required:
@@ -161,6 +164,29 @@ def _check_fields(path: Path, meta: Mapping[str, Any]) -> None:
         NestingSpace.from_dict(meta["space"])
     except (ValueError, TypeError) as err:
         raise ValueError(f"checkpoint {str(path)!r} has a damaged header: space: {err}") from None
+
+
+def _check_stitched_fields(path: Path, meta: Mapping[str, Any]) -> None:
+    """A stitched model's header (sortednet.stitch): its anchors' classes and configs, its stitch space."""
+    anchors, space = meta.get("anchors"), meta.get("space")
+    problem = None
+    if not isinstance(anchors, list) or len(anchors) < 2:
+        problem = "field 'anchors' is not a list of two or more anchors"
+    elif not all(
+        isinstance(a, dict)
+        and isinstance(a.get("name"), str)
+        and isinstance(a.get("model_class"), str)
+        and isinstance(a.get("config"), dict)
+        and isinstance(a["config"].get("model_type"), str)
+        for a in anchors
+    ):
+        problem = "an entry of 'anchors' lacks its name, model_class or config"
+    elif not isinstance(space, dict) or not isinstance(space.get("stitch"), list):
+        problem = "field 'space' is not a stitch space"
+    elif not isinstance(meta.get("stitch"), dict):
+        problem = "field 'stitch' is missing"
+    if problem:
+        raise ValueError(f"checkpoint {str(path)!r} has a damaged header: {problem}")
 
 
 def _check_size(path: Path, keys: set[str]) -> None:

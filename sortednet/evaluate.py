@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
+from .many import ManyInOne
 from .measure import batch_of, count_flops, measure_latencies, one_sample, to_device
-from .nest import NestedModel
 from .spec import Subnet
 from .tasks import Task
 
@@ -20,7 +20,7 @@ COST_KEYS = ("params", "flops", "latency_ms")
 
 @torch.no_grad()
 def evaluate_subnets(
-    nested: NestedModel,
+    nested: ManyInOne,
     batches: Iterable[dict[str, torch.Tensor]],
     task: Task,
     subnets: Sequence[Subnet | str] | None = None,
@@ -51,13 +51,13 @@ def evaluate_subnets(
     return rows
 
 
-def _device_of(nested: NestedModel) -> torch.device:
+def _device_of(nested: ManyInOne) -> torch.device:
     return next(nested.parameters()).device
 
 
 @torch.no_grad()
 def evaluate(
-    nested: NestedModel,
+    nested: ManyInOne,
     batches: Sequence[Mapping[str, torch.Tensor]],
     task: Task,
     subnets: Sequence[Subnet | str],

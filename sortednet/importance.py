@@ -246,13 +246,18 @@ def block_influence(model: nn.Module, batches: Iterable[Batch]) -> list[float]:
     """Per layer, 1 - cos(input, output) of its hidden states, averaged over (unpadded) tokens of `batches`.
 
     Small values mark layers that barely change the residual stream: cheap to cut with `depth` (ShortGPT's
-    block influence). Takes a plain or a nested model (run at its largest subnet).
+    block influence). Takes a plain, a nested (run at its largest subnet) or a stitched model (its largest anchor).
     """
     from .nest import NestedModel
+    from .stitch import StitchedModel
 
     if isinstance(model, NestedModel):
         with model.use(model.space.largest):
             return _block_influence(model.model, model.family, batches)
+    if isinstance(model, StitchedModel):  # its largest anchor's layers
+        with model.use(model.space.largest):
+            host = model.host_model
+            return _block_influence(host, family_for(host.config), batches)
     return _block_influence(model, family_for(getattr(model, "config", None)), batches)
 
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .nest import NestedModel
-from .spec import NestingSpace, Subnet
+from .many import ManyInOne, MemberSpace
+from .spec import Subnet
 
 Inputs = Mapping[str, torch.Tensor]
 
@@ -59,7 +59,7 @@ def to_device(inputs: Inputs, device: torch.device | str) -> dict[str, torch.Ten
 
 
 @torch.no_grad()
-def count_flops(nested: NestedModel, subnet: Subnet | str, sample: Inputs) -> int:
+def count_flops(nested: ManyInOne, subnet: Subnet | str, sample: Inputs) -> int:
     """FLOPs of one forward pass of `subnet` on `sample` (multiply-add = 2 FLOPs), by FlopCounterMode."""
     with nested.use(subnet), FlopCounterMode(display=False, custom_mapping=_EXTRA_FORMULAS) as counter:
         nested(**sample)
@@ -91,7 +91,7 @@ def cpu_threads(n: int | None) -> Iterator[None]:
 
 @torch.inference_mode()
 def measure_latency(
-    nested: NestedModel,
+    nested: ManyInOne,
     subnet: Subnet | str,
     inputs: Inputs,
     warmup: int = 3,
@@ -117,7 +117,7 @@ def measure_latency(
 
 @torch.inference_mode()
 def measure_latencies(
-    nested: NestedModel,
+    nested: ManyInOne,
     subnets: Sequence[Subnet | str],
     inputs: Inputs,
     warmup: int = 3,
@@ -150,7 +150,7 @@ def measure_latencies(
     return [float(statistics.median(t)) for t in times]
 
 
-def stratified_subnets(space: NestingSpace, n: int, seed: int = 0) -> list[Subnet]:
+def stratified_subnets(space: MemberSpace, n: int, seed: int = 0) -> list[Subnet]:
     """`n` subnets spread over the cost range (cheapest first): the log-cost range is cut into `n` equal
     strata (as the budget sampler does) and one subnet drawn from each, the smallest and the largest always
     in; empty strata are filled by the subnets nearest in log-cost to their centres. The whole space if it has
@@ -181,7 +181,7 @@ def stratified_subnets(space: NestingSpace, n: int, seed: int = 0) -> list[Subne
 
 
 def pick_subnets(
-    space: NestingSpace, subnets: Sequence[str] | str | int | None, max_subnets: int, seed: int = 0
+    space: MemberSpace, subnets: Sequence[str] | str | int | None, max_subnets: int, seed: int = 0
 ) -> list[Subnet]:
     """The subnets a config names: None/"all" (every subnet, or a stratified sample of `max_subnets` when
     the space is larger), an int N (a stratified sample of N) or a list of specs (checked, cheapest first)."""

@@ -13,12 +13,16 @@ from . import hf
 from .checkpoint import OWN_KEYS, family_of, read_metadata, resolve
 from .nest import NestedModel, nest, original_key
 from .spec import NestingSpace
+from .stitch.model import KIND as STITCHED
+from .stitch.model import StitchedModel, load_stitched
 
 
-def load(path: str | os.PathLike) -> NestedModel:
-    """Rebuild the nested model (every sub-model) from a one-file checkpoint or a run folder."""
+def load(path: str | os.PathLike) -> NestedModel | StitchedModel:
+    """Rebuild the nested or stitched model (every member) from a one-file checkpoint or a run folder."""
     path = resolve(path)
     meta = read_metadata(path)
+    if meta.get("kind") == STITCHED:
+        return load_stitched(path, meta)
     config = hf.config_from_dict(meta["config"])
     model = hf.empty_model(hf.model_class(meta["model_class"]), config)
     nested = nest_as_saved(model, meta)  # factorised layers get meta-device factors

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from .checks import number
-from .spec import NestingSpace, Subnet
+from .many import MemberSpace
+from .spec import Subnet
 
 WEIGHTINGS = ("uniform", "linear", "inverse", "geometric")
 
@@ -21,7 +22,7 @@ class Sampler:
     name = "base"
     guarantees_largest = False  # the largest subnet is in every draw (needed for in-place distillation)
 
-    def __init__(self, space: NestingSpace, k: int = 1, seed: int = 0) -> None:
+    def __init__(self, space: MemberSpace, k: int = 1, seed: int = 0) -> None:
         number("sampler.k", k, int, low=1, high=len(space))
         self.space, self.k, self.seed = space, int(k), int(number("seed", seed, int, low=0))
         self.ordered = space.subnets()
@@ -64,7 +65,7 @@ class AllSampler(Sampler):
     guarantees_largest = True
 
     def __init__(
-        self, space: NestingSpace, k: int | None = None, seed: int = 0, max_subnets: int = 64
+        self, space: MemberSpace, k: int | None = None, seed: int = 0, max_subnets: int = 64
     ) -> None:
         if len(space) > max_subnets:
             raise ValueError(
@@ -92,7 +93,7 @@ class SandwichSampler(Sampler):
     name = "sandwich"
     guarantees_largest = True
 
-    def __init__(self, space: NestingSpace, k: int = 4, seed: int = 0) -> None:
+    def __init__(self, space: MemberSpace, k: int = 4, seed: int = 0) -> None:
         if k < 2 and len(space) > 1:
             raise ValueError(f"sampler.k={k} is too small for sampler=sandwich; allowed: k >= 2")
         super().__init__(space, k, seed)
@@ -113,7 +114,7 @@ class SortedSampler(Sampler):
     name = "sorted"
 
     def __init__(
-        self, space: NestingSpace, k: int = 1, seed: int = 0, weighting: str = "uniform", ratio: float = 0.9
+        self, space: MemberSpace, k: int = 1, seed: int = 0, weighting: str = "uniform", ratio: float = 0.9
     ):
         super().__init__(space, k, seed)
         if weighting not in WEIGHTINGS:
@@ -143,27 +144,46 @@ class BudgetSampler(Sampler):
 
     `costs` (aligned with `space.subnets()`) defaults to the space's exact parameter counts; pass FLOPs to
     stratify by compute.
+
+    `groups=G` is SN-Netv2's resource-constrained sampling: the log-cost range is cut into G groups and each
+    draw picks K distinct non-empty groups uniformly, then one member in each (with K < G, a step visits only
+    some groups; over steps every group is equally likely whatever its size).
     """
 
     name = "budget"
 
     def __init__(
-        self, space: NestingSpace, k: int = 4, seed: int = 0, costs: np.ndarray | None = None
+        self,
+        space: MemberSpace,
+        k: int = 4,
+        seed: int = 0,
+        costs: np.ndarray | None = None,
+        groups: int | None = None,
     ) -> None:
         super().__init__(space, k, seed)
+        self.groups = None if groups is None else number("sampler.groups", groups, int, low=1)
+        n = self.groups or self.k
         cost = np.log(np.asarray(space.costs() if costs is None else costs, dtype=np.float64))
-        edges = np.linspace(cost.min(), cost.max(), self.k + 1)
-        bins = np.clip(np.searchsorted(edges, cost, side="right") - 1, 0, self.k - 1)
-        strata = [np.flatnonzero(bins == b) for b in range(self.k)]
+        edges = np.linspace(cost.min(), cost.max(), n + 1)
+        bins = np.clip(np.searchsorted(edges, cost, side="right") - 1, 0, n - 1)
+        strata = [np.flatnonzero(bins == b) for b in range(n)]
         self.strata = [s for s in strata if len(s)]
 
     def _draw(self, rng: np.random.Generator) -> list[Subnet]:
-        picks = [int(rng.choice(s)) for s in self.strata]
+        strata = self.strata
+        if self.groups is not None:
+            strata = [
+                strata[i] for i in rng.choice(len(strata), size=min(self.k, len(strata)), replace=False)
+            ]
+        picks = [int(rng.choice(s)) for s in strata]
         extra = self.k - len(picks)  # empty strata: fill with distinct draws from the whole space
         if extra > 0:
             rest = [i for i in range(len(self.ordered)) if i not in picks]
             picks += [int(i) for i in rng.choice(rest, size=min(extra, len(rest)), replace=False)]
         return self._largest_first([self.ordered[i] for i in picks])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **({"groups": self.groups} if self.groups else {})}
 
 
 SAMPLERS: dict[str, type[Sampler]] = {
@@ -171,7 +191,7 @@ SAMPLERS: dict[str, type[Sampler]] = {
 }
 
 
-def make_sampler(name: str, space: NestingSpace, **options: Any) -> Sampler:
+def make_sampler(name: str, space: MemberSpace, **options: Any) -> Sampler:
     """The sampler called `name` (the Python API; the CLI instantiates `sampler._target_`)."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler {name!r} is unknown; allowed: {', '.join(SAMPLERS)}")

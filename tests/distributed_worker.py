@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=2 tests/distributed_worker.py OUT 2 BATCH RUNS_JSON     (the same, launched by torchrun)
 
 RUNS_JSON is a list of {"sampler", "k", "accumulate", "steps", "seed"} (+ "strategy": "fsdp2_nested", "reshard",
-"penalty", "save"); each run trains a tiny ViT on the digits data module with `devices` processes (gloo, CPU) and `batch`
+"penalty", "save", "model": "stitched"); each run trains a tiny ViT on the digits data module with `devices` processes (gloo, CPU) and `batch`
 samples per process, in float64 (so that AdamW, which turns gradients near zero into steps of size lr, is not
 fed float32 rounding: the mean over 16 samples and the mean of two means over 8 differ in the last bits). Every process writes
 OUT.rank<R>.pt: per run, the final parameters, the samples of every micro-batch it saw (as keys), the subnets
@@ -138,14 +138,29 @@ def strategy(devices: int, run: dict) -> Any:
     return "ddp" if devices > 1 else "auto"
 
 
+def stitched_vits(data: ImageClassificationDataModule) -> sn.StitchedModel:
+    """Two tiny ViTs of widths 32 and 48 stitched (least squares on one batch), in float64."""
+    small = tiny_vit(layers=3, seed=0)
+    torch.manual_seed(1)
+    config = small.config.to_dict() | {"hidden_size": 48, "intermediate_size": 96}
+    large = type(small)(type(small.config).from_dict(config))
+    batch = next(iter(data.val_dataloader()))
+    batch = {"pixel_values": batch["pixel_values"].double()}
+    return sn.stitch({"small": small.double(), "large": large.double()}, calibration=[batch])
+
+
 def train(devices: int, batch: int, run: dict) -> dict:
     data = ImageClassificationDataModule(batch_size=batch, seed=0)
     data.prepare_data()
     data.setup("fit")
-    nested = sn.nest(
-        tiny_vit().double(), SPACE
-    )  # float64 (ModelParallelStrategy refuses precision="64-true")
-    nested.model.register_forward_pre_hook(to_double, with_kwargs=True)
+    if run.get("model") == "stitched":  # a stitch runs a subset of the parameters, as a depth subnet does
+        nested = stitched_vits(data)
+        nested.register_forward_pre_hook(to_double, with_kwargs=True)
+    else:
+        nested = sn.nest(
+            tiny_vit().double(), SPACE
+        )  # float64 (ModelParallelStrategy refuses precision="64-true")
+        nested.model.register_forward_pre_hook(to_double, with_kwargs=True)
     if run["sampler"] == "plain":
         module = Plain(tiny_vit())
     else:

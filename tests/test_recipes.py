@@ -70,6 +70,23 @@ def hub_free_overrides(name: str, tmp_path: Path) -> list[str]:
             "data.batch_size=4",
             "train.accumulate=2",
         ]
+    if name == "snnet_digits":
+        return ["stitch.pretrain_steps=2"]
+    if name == "snnet_deit":  # tiny ViT anchors of three widths from a config, on digits
+        config = "{model_type:vit,hidden_size:%d,num_hidden_layers:3,num_attention_heads:2,intermediate_size:32,patch_size:2}"
+        anchors = [(n, config % h) for n, h in (("ti", 16), ("s", 24), ("b", 32))]
+        return [
+            "trainer=cpu",
+            "data.dataset=digits",
+            "data.processor=null",
+            "data.image_size=null",
+            "data.val_split=null",
+            "data.num_workers=0",
+            "data.batch_size=16",
+            "stitch.calibration_batches=1",
+            *(f"stitch.anchors.{n}.pretrained=null" for n, _ in anchors),
+            *(f"+stitch.anchors.{n}.config={c}" for n, c in anchors),
+        ]
     if name == "shakespeare_gpt2":
         return ["data.max_chars=200000", "data.batch_size=8"]
     if name == "minilm_nested":
@@ -104,6 +121,8 @@ def test_every_recipe_is_listed():
         "minilm_nested",
         "shakespeare_gpt2",
         "slimmable_resnet_digits",
+        "snnet_deit",
+        "snnet_digits",
         "sortednet_bert_glue",
         "usnet_cifar10",
     ]
@@ -128,6 +147,8 @@ def test_recipe_composes_and_trains_two_steps(name, tmp_path):
     assert [r["subnet"] for r in meta["eval_table"]] == [r["subnet"] for r in rows]
     assert (run_dir / "table.csv").is_file() and (run_dir / "table.md").is_file()
     nested = sn.load(path)
+    if name.startswith("snnet_"):
+        assert isinstance(nested, sn.StitchedModel) and meta["kind"] == "stitched"
     if cfg.data.get("tokenizer") == "char":  # export needs the run's vocabulary: it travels in the file
         assert len(meta["char_vocab"]) == nested.model.config.vocab_size
     assert len(rows) == min(len(nested.space), 64)

@@ -158,6 +158,8 @@ def export_subnet(
     path, meta = open_checkpoint(ckpt)
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     out = check_out_dir(out, force, protect=[path, run / "checkpoints"])
+    if meta.get("kind") == "stitched":
+        return export_stitch(path, meta, subnet, out, dtype)
     subnet_obj = Subnet.parse(subnet)
     pooled = (meta.get("options") or {}).get("pooling") == "mean"
     if (meta.get("family") or {}).get("kind") == "stages":  # BatchNorm: the subnet's own statistics
@@ -213,6 +215,62 @@ def export_subnet(
     return info
 
 
+STITCH_FILE = "stitched.safetensors"
+
+
+def export_stitch(path: Path, meta: Mapping[str, Any], member: str, out: Path, dtype: str) -> dict[str, Any]:
+    """A stitched checkpoint's member: an anchor as a plain transformers folder; a stitch of two anchors as
+    `stitched.safetensors`, that network alone (sn.load reads it back). No transformers class runs blocks of two
+    widths, so a stitch cannot be a plain transformers folder."""
+    import torch
+
+    import sortednet as sn
+    from sortednet.stitch.export import single_network
+
+    stitched = sn.load(path)
+    chosen = stitched.space.normalize(member)
+    row = next((r for r in meta.get("eval_table") or [] if r["subnet"] == str(chosen)), None)
+    network = stitched.anchor(chosen.front) if chosen.is_anchor else single_network(stitched, chosen)
+    refuse_nonfinite(path, [n for n, p in network.named_parameters() if not p.isfinite().all()])
+    network = network.to(getattr(torch, DTYPES[dtype]))
+    config = network.config if chosen.is_anchor else stitched.anchors[chosen.host].config
+    processor, chars, what = preprocessor(meta, config)
+    info = {
+        "source": str(path.resolve()),
+        "subnet": str(chosen),
+        "params": stitched.num_params(chosen),
+        "dtype": DTYPES[dtype],
+        "model_class": type(network).__name__,
+        "preprocessor": what,
+        "rgb_from_grey": False,
+        "evaluation": row,
+        "global_step": meta.get("global_step"),
+        "channels": getattr(config, "num_channels", None),
+        "stitch": None if chosen.is_anchor else f"sn.load('{out}/{STITCH_FILE}')",
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if chosen.is_anchor:
+            network.save_pretrained(tmp)
+        else:
+            network.save(tmp / STITCH_FILE, {"train_config": meta.get("train_config")})
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        if chars is not None:
+            (tmp / "char_tokenizer.json").write_text(
+                json.dumps({"chars": chars}, ensure_ascii=False), "utf-8"
+            )
+        info["files"] = sorted(files_under(tmp) | {EXPORT_RECORD})
+        (tmp / EXPORT_RECORD).write_text(json.dumps(info, indent=2) + "\n")
+        finish_folder(tmp)
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return info
+
+
 def replace_folder(new: Path, out: Path) -> None:
     """Put the finished folder `new` at `out`. An existing `out` was checked by check_out_dir (empty, or an
     earlier export holding only its own files): it is moved aside first, so `out` is never half-written."""
@@ -234,6 +292,11 @@ def report(info: Mapping[str, Any], out: str | Path) -> None:
         f"-> {out}/"
     )
     print(f"  {', '.join(info['files'])}")
+    if info.get("stitch"):
+        print(
+            f"  a stitch joins blocks of two widths, which no transformers class runs: not a plain transformers "
+            f"model; {STITCH_FILE} holds this one network (sortednet reads it: {info['stitch']})"
+        )
     if info.get("pooling") == "mean":
         print(
             "  pooling=mean: no transformers class pools by mean before this head, so this is the exact form: "

@@ -91,9 +91,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     from ..evaluate import headline_metric
     from ..report import human, pareto_front, print_table
 
-    nested = bound_space(meta)
-    space, costs = nested.space, nested.space.costs()
-    config = meta["config"]
     console = Console()
     console = Console(width=max(console.width, 120))  # a pipe gets 80 columns otherwise
     grid = Table.grid(padding=(0, 2))
@@ -102,10 +99,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     grid.add_row(
         "file", f"{path} ({path.stat().st_size / 2**20:.2f} MiB, sortednet format v{meta['version']})"
     )
-    sizes = ", ".join(f"{d}={v}" for d, v in nested.full.items())
-    grid.add_row("base model", f"{meta['model_class']} ({config.get('model_type')}): {sizes}")
-    dims = "  ".join(f"{d}={list(v)}" for d, v in space.values.items())
-    grid.add_row("nesting space", f"{dims}  ->  {len(space)} sub-models")
+    if meta.get("kind") == "stitched":
+        from ..stitch.model import stitched_from_header
+
+        space = stitched_from_header(meta).space  # anchors on the meta device: the exact costs, no weights
+        for entry in meta["anchors"]:
+            config = entry["config"]
+            grid.add_row(
+                f"anchor {entry['name']}",
+                f"{entry['model_class']} ({config.get('model_type')}): depth={config.get('num_hidden_layers')}, "
+                f"hidden={config.get('hidden_size')}",
+            )
+        options = ", ".join(f"{k}={v}" for k, v in meta["stitch"].items())
+        grid.add_row("stitch space", f"{options}  ->  {len(space)} networks")
+    else:
+        nested = bound_space(meta)
+        space = nested.space
+        config = meta["config"]
+        sizes = ", ".join(f"{d}={v}" for d, v in nested.full.items())
+        grid.add_row("base model", f"{meta['model_class']} ({config.get('model_type')}): {sizes}")
+        dims = "  ".join(f"{d}={list(v)}" for d, v in space.values.items())
+        grid.add_row("nesting space", f"{dims}  ->  {len(space)} sub-models")
+    costs = space.costs()
     grid.add_row("smallest", f"{space.subnets()[0]}  ({human(costs[0])} params)")
     grid.add_row("largest", f"{space.subnets()[-1]}  ({human(costs[-1])} params)")
     for key, value in (

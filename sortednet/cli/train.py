@@ -6,7 +6,7 @@
     python -m sortednet.cli.train --cfg job            # print the composed config
 
 Read top to bottom: check the config (nothing written yet), lock the run folder, build data -> model ->
-nested model -> sampler -> module, fit, then evaluate every subnet and write the run folder
+nested model (or, with a `stitch` section, anchors -> stitched model) -> sampler -> module, fit, then evaluate every subnet and write the run folder
 (checkpoints/last.ckpt + last.safetensors, committed as a pair; table.csv/md).
 """
 
@@ -27,13 +27,14 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from ..checks import number
+from ..many import MemberSpace
 from ..sampling import Sampler
-from ..spec import NestingSpace
 from ..train.calibrate import Reorder, check_resume_reorder, split_nesting
 from ..train.compiled import check_compile, compile_backend
 from ..train.models import ModelSpec, offline_model_path
 from ..train.module import check_distill
 from ..train.options import Optim, Train, check_trainer
+from ..train.stitching import Stitching
 from .recipes import CONF_DIR, handle
 
 OmegaConf.register_new_resolver("offline_model", offline_model_path, replace=True)
@@ -44,11 +45,12 @@ class Checked:
     """What check_config made from the config: the values the rest of the run uses."""
 
     model: ModelSpec
-    space: NestingSpace
-    make_sampler: Callable[[NestingSpace], Sampler]
+    space: MemberSpace
+    make_sampler: Callable[[MemberSpace], Sampler]
     optim: Optim
     train: Train
     reorder: Reorder
+    stitching: Stitching | None = None  # the `stitch` section: anchors stitched instead of a model nested
 
 
 def container(node: Any) -> Any:
@@ -76,8 +78,14 @@ def check_config(cfg: DictConfig) -> Checked:
     number("seed", cfg.seed, int, low=0)
     model = make(cfg.model)
     nesting, reorder = split_nesting(container(cfg.nesting))
-    space = make(nesting)
-    reorder.check(space)
+    stitching = Stitching.from_config(container(cfg.stitch)) if cfg.get("stitch") else None
+    if stitching is not None:
+        if reorder.method is not None:
+            raise ValueError(f"nesting.reorder={reorder.method} orders a nested model; with stitch: null")
+        space = stitching.space()
+    else:
+        space = make(nesting)
+        reorder.check(space)
     sampler_for = make(cfg.sampler, seed=cfg.seed)
     sampler = sampler_for(space)
     for subnet in cfg.val.subnets or []:
@@ -117,7 +125,7 @@ def check_config(cfg: DictConfig) -> Checked:
             f"optim.update='touched' is not supported with trainer.strategy={strategy} (the optimizer holds "
             "shards, not the tensors the subnets slice); allowed with FSDP: optim.update=all"
         )
-    return Checked(model, space, sampler_for, optim, train, reorder)
+    return Checked(model, space, sampler_for, optim, train, reorder, stitching)
 
 
 def build(cfg: DictConfig, checked: Checked):
@@ -130,18 +138,22 @@ def build(cfg: DictConfig, checked: Checked):
     data.prepare_data()
     data.setup("fit")
     data.train_dataloader()  # its checks (a batch larger than the data) before anything trains
-    model = checked.model.build(data.model_kwargs())
+    model = None if checked.stitching else checked.model.build(data.model_kwargs())
     task = task_for(data.task)
-    nested = nest_for_training(
-        model,
-        checked.space,
-        checked.reorder,
-        data,
-        task,
-        cfg.ckpt_path,
-        pooling=checked.model.pooling,
-        head=checked.model.head,
-        **({"bn": checked.model.bn} if checked.model.bn else {}),
+    nested = (
+        stitched_for_training(checked, data, task, cfg.seed, bool(cfg.ckpt_path))
+        if checked.stitching
+        else nest_for_training(
+            model,
+            checked.space,
+            checked.reorder,
+            data,
+            task,
+            cfg.ckpt_path,
+            pooling=checked.model.pooling,
+            head=checked.model.head,
+            **({"bn": checked.model.bn} if checked.model.bn else {}),
+        )
     )
     module = SortedNetModule(
         nested,
@@ -158,6 +170,17 @@ def build(cfg: DictConfig, checked: Checked):
         compile=checked.train.compile,
     )
     return data, module
+
+
+def stitched_for_training(checked: Checked, data: Any, task: Any, seed: int, resuming: bool) -> Any:
+    """The stitched model of the `stitch` section; its space must be the one the config was checked against."""
+    stitched = checked.stitching.build(data, task, seed, resuming)  # type: ignore[union-attr]
+    if stitched.space.to_dict() != checked.space.to_dict():
+        raise ValueError(
+            f"stitch: with the data's labels and image size the anchors order as {stitched.space.to_dict()}, "
+            f"not as checked ({checked.space.to_dict()}); give anchors of clearly different sizes"
+        )
+    return stitched
 
 
 def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:

@@ -16,9 +16,9 @@ import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
 from ..evaluate import evaluate, headline_metric
+from ..many import MemberSpace
 from ..measure import pick_subnets
 from ..report import pareto_front, plot_pareto
-from ..spec import NestingSpace
 
 
 class _Limited:
@@ -29,7 +29,7 @@ class _Limited:
         return iter(itertools.islice(self.loader, self.n))
 
 
-def check_eval_callback(section: Mapping[str, Any] | None, space: NestingSpace) -> None:
+def check_eval_callback(section: Mapping[str, Any] | None, space: MemberSpace) -> None:
     """The callbacks.eval config checked before anything is built (one-line ValueErrors)."""
     if not section or not section.get("enabled", True):
         return

@@ -101,6 +101,11 @@ def configure_sharding(module: Any) -> None:
     strategy = module.trainer.strategy
     if not isinstance(strategy, ModelParallelStrategy) or is_sharded_model(module.nested):
         return
+    if not isinstance(module.nested, NestedModel):
+        raise ValueError(
+            f"trainer=fsdp shards a nested model's layers; a {type(module.nested).__name__} is not one: "
+            "allowed: trainer=ddp or cpu"
+        )
     mesh = module.device_mesh
     mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
     if isinstance(strategy, NestedFSDPStrategy):

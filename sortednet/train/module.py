@@ -1,4 +1,4 @@
-"""SortedNetModule: the LightningModule that trains every sub-model of a NestedModel.
+"""SortedNetModule: the LightningModule that trains every member of a many-in-one model (nested or stitched).
 
 One optimizer step = `accumulate` micro-batches x K sampled subnets, each a forward and a backward (the
 graph is freed after each backward, so memory is that of one subnet). The update is the weighted mean over
@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.optim.lr_scheduler import LambdaLR
 
-from ..nest import NestedModel
+from ..many import ManyInOne
 from ..sampling import Sampler
 from ..spec import Subnet
 from ..tasks import Task
@@ -51,7 +51,7 @@ def check_distill(enabled: bool, sampler: Sampler) -> None:
         )
 
 
-def default_val_subnets(nested: NestedModel) -> list[Subnet]:
+def default_val_subnets(nested: ManyInOne) -> list[Subnet]:
     ordered = nested.space.subnets()
     picks = [ordered[0], ordered[len(ordered) // 2], ordered[-1]]
     return list(dict.fromkeys(picks))
@@ -73,7 +73,7 @@ def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
 class SortedNetModule(L.LightningModule):
     def __init__(
         self,
-        nested: NestedModel,
+        nested: ManyInOne,
         task: Task,
         sampler: Sampler,
         optim: Optim | Mapping[str, Any] | None = None,
@@ -119,6 +119,11 @@ class SortedNetModule(L.LightningModule):
                 groups.setdefault(key, []).append(p)
         touched = None
         if o.update == "touched":
+            if getattr(self.nested, "state", None) is None:
+                raise ValueError(
+                    f"optim.update='touched' needs a nested model (it records the slices each subnet reads); "
+                    f"a {type(self.nested).__name__} runs whole tensors: allowed: optim.update=all"
+                )
             if is_sharded_model(self.nested):
                 raise ValueError(
                     "optim.update='touched' is not supported under FSDP (its optimizer holds shards, not the "
@@ -259,8 +264,9 @@ class SortedNetModule(L.LightningModule):
 
     def _forget_touched(self) -> None:
         """`update=touched`: the boxes recorded this step are spent (a skipped step updates nothing)."""
-        if self.nested.state.touched is not None:
-            self.nested.state.touched.clear()
+        touched = getattr(getattr(self.nested, "state", None), "touched", None)  # nested models only
+        if touched is not None:
+            touched.clear()
 
     def _local_nonfinite(
         self, losses: Sequence[tuple[Subnet, torch.Tensor]], grads: bool = True

@@ -1,0 +1,116 @@
+"""The stitched model's modules: the stitching layer, and the routing that runs a stitch inside the back
+anchor's own, unmodified forward (its layer list yields the route's blocks; its embeddings are the front's)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class StitchingLayer(nn.Module):
+    """y = x W^T + b (d_in -> d_out), plus a rank-r update `lora_b @ lora_a` when `rank > 0` (SN-Netv2): then the
+    dense weight is frozen at its least-squares value and only the update and the bias train."""
+
+    def __init__(self, d_in: int, d_out: int, rank: int = 0) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d_out, d_in))
+        self.bias = nn.Parameter(torch.zeros(d_out))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default
+        self.rank = int(rank)
+        if self.rank:
+            self.weight.requires_grad_(False)
+            self.lora_a = nn.Parameter(torch.empty(self.rank, d_in))
+            self.lora_b = nn.Parameter(torch.zeros(d_out, self.rank))  # zero: the update starts at the init
+            nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # called as a block of the back anchor's layer loop: the blocks' other arguments are not its concern
+        out = F.linear(hidden_states, self.weight, self.bias)
+        if self.rank:
+            out = out + F.linear(F.linear(hidden_states, self.lora_a), self.lora_b)
+        return out
+
+    def dense_weight(self) -> torch.Tensor:
+        """The one d_out x d_in matrix the layer applies (the low-rank update merged)."""
+        return self.weight + self.lora_b @ self.lora_a if self.rank else self.weight
+
+    @torch.no_grad()
+    def fit(self, xtx: torch.Tensor, xty: torch.Tensor, ridge: float) -> None:
+        """Least squares from the normal equations of [X 1] W' = Y (X^T X and X^T Y with a ones column last)."""
+        n = xtx.shape[0]
+        scale = ridge * float(xtx.diagonal()[:-1].mean().clamp_min(1e-12))
+        solution = torch.linalg.solve(xtx + scale * torch.eye(n, dtype=xtx.dtype, device=xtx.device), xty)
+        self.weight.copy_(solution[:-1].T.to(self.weight.dtype))
+        self.bias.copy_(solution[-1].to(self.bias.dtype))
+
+
+class Route:
+    """The active member, as the back anchor's forward sees it: whose forward runs (`host`), whose embeddings
+    (`start`), and the blocks its layer loop iterates (None: the host's own)."""
+
+    __slots__ = ("host", "start", "blocks")
+
+    def __init__(self, host: str) -> None:
+        self.host, self.start, self.blocks = host, host, None
+
+    def set(self, host: str, start: str, blocks: list[nn.Module] | None) -> None:
+        self.host, self.start, self.blocks = host, start, blocks
+
+
+class StitchedLayerList(nn.ModuleList):
+    """An anchor's layer list that, while its anchor hosts a stitch, yields the stitch's blocks (the front's first
+    blocks, the stitching layer, its own last ones). Indexing by int and `len()` see the anchor's own layers, so
+    its state dict keys are unchanged; `layers[:n]` over the whole list (HF's `layers[: num_hidden_layers]`)
+    means the whole route."""
+
+    def __init__(self, layers: nn.ModuleList, route: Route, owner: str) -> None:
+        super().__init__(list(layers))
+        self.route, self.owner = route, owner
+
+    def _routed(self) -> list[nn.Module] | None:
+        route = self.route
+        return route.blocks if route.host == self.owner else None
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        blocks = self._routed()
+        return iter(self._modules.values()) if blocks is None else iter(blocks)
+
+    def __getitem__(self, idx):  # type: ignore[override]
+        if isinstance(idx, slice):
+            own = list(self._modules.values())
+            blocks = self._routed()
+            if blocks is not None and idx.indices(len(own)) == (0, len(own), 1):
+                return list(blocks)
+            return own[idx] if blocks is None else list(blocks)[idx]
+        return super().__getitem__(idx)
+
+    def unstitched(self) -> nn.ModuleList:
+        return nn.ModuleList(list(self._modules.values()))
+
+
+def route_embeddings(
+    module: nn.Module, route: Route, owner: str, lookup: Callable[[str], Callable[..., Any]]
+) -> None:
+    """While `owner` hosts a stitch that starts in another anchor, `module` (owner's embeddings) runs that
+    anchor's embeddings instead: an instance-level `forward` (as accelerate's hooks do), so the module, its keys
+    and its class stay the model's own, and the owner's own embeddings never run for such a stitch."""
+    original = module.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if route.host == owner and route.start != owner:
+            return lookup(route.start)(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    module.forward = forward
+    module._sortednet_original_forward = original  # type: ignore[attr-defined]
+
+
+def unroute_embeddings(module: nn.Module) -> None:
+    original = module.__dict__.pop("_sortednet_original_forward", None)
+    if original is not None:
+        del module.forward

@@ -1,0 +1,239 @@
+"""stitch(): join a family of pretrained models (anchors) with stitching layers; StitchedModel: switch, save."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import hf
+from ..checkpoint import write
+from .anchors import AnchorKind, check_anchors, embeddings_of, kind_of, layer_list, parts_of
+from .config import StitchConfig
+from .layers import Route, StitchedLayerList, StitchingLayer, route_embeddings, unroute_embeddings
+from .space import AnchorInfo, Stitch, StitchSpace
+
+KIND = "stitched"  # the checkpoint header's `kind`
+
+
+def stitch(
+    anchors: Sequence[nn.Module] | Mapping[str, nn.Module],
+    calibration: Iterable[Mapping[str, Any]] | None = None,
+    *,
+    config: StitchConfig | None = None,
+    max_batches: int | None = None,
+    **options: Any,
+) -> StitchedModel:
+    """A StitchedModel over `anchors` (a list: named a0, a1, ... from the smallest; a mapping: your names),
+    e.g. `sn.stitch({"small": deit_s, "large": deit_b}, calibration=loader)`.
+
+    The anchors are ordered by parameter count; stitches join anchors adjacent in that order (`config`, or its
+    fields as keyword arguments: mode, window, stride, lora_rank, ridge; see StitchConfig). With `calibration`
+    (batches of model inputs; labels are dropped), each stitching layer is the least-squares map from the
+    front anchor's activations at its cut to the back anchor's at its resume point (SN-Net); without, nn.Linear's
+    random init. The anchors are used in place (not copied); each stays callable as it was."""
+    config = config or StitchConfig(**options)
+    if isinstance(anchors, Mapping):
+        names, models = list(anchors), list(anchors.values())
+    else:
+        models = list(anchors)
+        names = [f"a{i}" for i in range(len(models))]
+    kind = check_anchors(models, names)  # every refusal before anything changes
+    sizes = [sum(p.numel() for p in m.parameters()) for m in models]
+    order = sorted(range(len(models)), key=lambda i: sizes[i])
+    if not isinstance(anchors, Mapping):
+        names = [f"a{rank}" for rank in range(len(models))]
+        models = [models[i] for i in order]
+    else:
+        names, models = [names[i] for i in order], [models[i] for i in order]
+    stitched = StitchedModel(dict(zip(names, models, strict=True)), config, kind)
+    if calibration is not None:
+        from .calibrate import fit_stitches
+
+        fit_stitches(stitched, calibration, max_batches)
+    return stitched
+
+
+class StitchedModel(nn.Module):
+    """Anchors (transformers models, smallest first) and the stitching layers between them; `use(stitch)` picks
+    the network that runs (see sortednet.stitch.space for the spelling). Implements sortednet.many.ManyInOne."""
+
+    def __init__(
+        self,
+        anchors: Mapping[str, nn.Module],
+        config: StitchConfig,
+        kind: AnchorKind,
+        members: Sequence[Stitch | str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.anchors = nn.ModuleDict(dict(anchors))
+        self.config, self.kind = config, kind
+        self.metadata: dict[str, Any] = {}
+        infos = [AnchorInfo(n, len(layer_list(m)), int(m.config.hidden_size)) for n, m in anchors.items()]
+        self.space = StitchSpace(infos, config, members)
+        self.route = Route(infos[-1].name)
+        for name, model in anchors.items():
+            parent_path, _, attr = _layers_path(model)
+            parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
+            setattr(parent, attr, StitchedLayerList(getattr(parent, attr), self.route, name))
+            route_embeddings(embeddings_of(model, kind), self.route, name, self._embeddings)
+        widths = {i.name: i.width for i in infos}
+        self.stitches = nn.ModuleDict(
+            {
+                str(m): StitchingLayer(widths[m.front], widths[m.back], config.lora_rank)  # type: ignore[index]
+                for m in self.space.subnets()
+                if not m.is_anchor
+            }
+        )
+        self.space.bind({n: parts_of(m, kind) for n, m in anchors.items()})
+        self._switch_cache: dict[Any, tuple[Stitch, str, str, list[nn.Module] | None]] = {}
+        self._active = self.activate(self.space.largest)
+
+    def _embeddings(self, name: str) -> nn.Module:
+        return embeddings_of(self.anchors[name], self.kind)
+
+    # ---- switching ----------------------------------------------------------------------------
+    @property
+    def active(self) -> Stitch:
+        return self._active
+
+    def activate(self, member: Stitch | str) -> Stitch:
+        """Make `member` the network that runs: sets the route (three references), copies nothing."""
+        cached = self._switch_cache.get(member)
+        if cached is None:
+            normal = self.space.normalize(member)
+            if normal.is_anchor:
+                cached = (normal, normal.front, normal.front, None)
+            else:
+                front = list(layer_list(self.anchors[normal.front]).unstitched())[: normal.cut]
+                back = list(layer_list(self.anchors[normal.back]).unstitched())[normal.resume :]
+                cached = (normal, normal.host, normal.front, [*front, self.stitches[str(normal)], *back])
+            self._switch_cache[member] = cached
+        self._active = cached[0]
+        self.route.set(*cached[1:])
+        return self._active
+
+    @contextmanager
+    def use(self, member: Stitch | str) -> Iterator[StitchedModel]:
+        previous = self._active
+        self.activate(member)
+        try:
+            yield self
+        finally:
+            self.activate(previous)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.kind.name == "decoder" and not self._active.is_anchor:
+            if kwargs.get("use_cache"):
+                raise ValueError(
+                    f"use_cache=True with stitch {self._active}: a KV cache holds one anchor's layers"
+                )
+            kwargs["use_cache"] = False
+        return self.anchors[self.route.host](*args, **kwargs)
+
+    @property
+    def host_model(self) -> nn.Module:
+        """The transformers model whose forward runs the active member (the back anchor, or the anchor itself)."""
+        return self.anchors[self.route.host]
+
+    # ---- sizes --------------------------------------------------------------------------------
+    def num_params(self, member: Stitch | str) -> int:
+        return int(self.space.cost(member))
+
+    # ---- anchors out --------------------------------------------------------------------------
+    def anchor(self, name: str) -> nn.Module:
+        """A plain copy of anchor `name` (its class, config and current weights; no stitching machinery)."""
+        if name not in self.anchors:
+            raise ValueError(f"anchor {name!r} is unknown; allowed: {', '.join(self.anchors)}")
+        source = self.anchors[name]
+        plain = type(source)(copy.deepcopy(source.config))
+        plain.load_state_dict(source.state_dict())
+        return plain.to(next(source.parameters()).device).eval()
+
+    # ---- checkpoint ---------------------------------------------------------------------------
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        """`anchors.<name>.<the anchor's own key>` and `stitches.<stitch>.<weight|bias|lora_a|lora_b>`."""
+        return self.state_dict()
+
+    def header(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "kind": KIND,
+            "anchors": [
+                {"name": n, "model_class": hf.class_path(m), "config": m.config.to_dict()}
+                for n, m in self.anchors.items()
+            ],
+            "space": self.space.to_dict(),
+            "stitch": self.config.to_dict(),
+            **self.metadata,
+            **(metadata or {}),
+        }
+
+    def save(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
+        """Every anchor and stitching layer in one safetensors file (see `sortednet.load`)."""
+        write(path, self.base_state_dict(), self.header(metadata))
+
+    def unstitch(self) -> dict[str, nn.Module]:
+        """Remove the routing and give back the anchors as plain transformers models (trained weights)."""
+        for model in self.anchors.values():
+            parent_path, _, attr = _layers_path(model)
+            parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
+            setattr(parent, attr, getattr(parent, attr).unstitched())
+            unroute_embeddings(embeddings_of(model, self.kind))
+        return dict(self.anchors.items())
+
+
+def _layers_path(model: nn.Module) -> tuple[str, str, str]:
+    from ..families import family_for
+
+    return family_for(model.config).layers.rpartition(".")
+
+
+def stitched_from_header(meta: Mapping[str, Any], empty: bool = True) -> StitchedModel:
+    """An unfilled StitchedModel as the header describes it (anchors built with meta-device parameters)."""
+    anchors = {}
+    for entry in meta["anchors"]:
+        config = hf.config_from_dict(entry["config"])
+        cls = hf.model_class(entry["model_class"])
+        anchors[entry["name"]] = model = hf.empty_model(cls, config) if empty else cls(config)
+        model.tie_weights()  # before the parts are counted: a tied head is counted once in its anchor
+    model_type = next(iter(anchors.values())).config.model_type
+    kind = kind_of(model_type)
+    if kind is None:
+        raise ValueError(
+            f"stitched checkpoint: anchor model_type={model_type!r} cannot be stitched by this sortednet"
+        )
+    return StitchedModel(anchors, StitchConfig(**meta["stitch"]), kind, meta["space"].get("members"))
+
+
+def load_stitched(path: str | os.PathLike, meta: Mapping[str, Any]) -> StitchedModel:
+    """Rebuild a stitched model from its one-file checkpoint (`sortednet.load` calls this for kind=stitched)."""
+    from safetensors import safe_open
+
+    stitched = stitched_from_header(meta)
+    aliases = meta.get("aliases", {})
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {key: f.get_tensor(aliases.get(key, key)) for key in stitched.state_dict(keep_vars=True)}
+    stitched.load_state_dict(tensors, strict=True, assign=True)
+    for model in stitched.anchors.values():
+        model.tie_weights()
+    stitched.eval()
+    stitched.metadata = {k: v for k, v in meta.items() if k not in STITCHED_OWN_KEYS}
+    return stitched
+
+
+STITCHED_OWN_KEYS = {
+    "format",
+    "version",
+    "kind",
+    "anchors",
+    "space",
+    "stitch",
+    "aliases",
+    "nonfinite",
+    "_keys",
+}
