@@ -80,8 +80,9 @@ def train(nested: sn.NestedModel, backend: str | None) -> tuple[Record, SortedNe
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize(
+    "name, backend", [("llama", "aot_eager"), ("gpt2", "aot_eager"), ("llama", "inductor")]
+)  # inductor's C++ build takes ~1 min a model on 2 cores: one model shows the real backend
 def test_compiled_sandwich_steps_equal_eager(name, backend):
     torch.manual_seed(0)
     model = MODELS[name]()

@@ -65,8 +65,8 @@ def test_unknown_family_lists_the_supported_ones():
     msg = str(err.value)
     assert "model family 'olmo' (config.model_type) is not supported" in msg
     assert (
-        "bert, deberta-v2, deit, distilbert, gemma, gemma2, gemma3_text, gpt2, llama, mistral, phi3, qwen2, "
-        "qwen3, roberta, vit, xlm-roberta;" in msg
+        "bert, convnext, deberta-v2, deit, distilbert, gemma, gemma2, gemma3_text, gpt2, llama, mistral, phi3, "
+        "qwen2, qwen3, resnet, roberta, vit, xlm-roberta;" in msg
     )
     assert "sortednet.testing.check_family" in msg and "sortednet.families.register" in msg
 
