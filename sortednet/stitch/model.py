@@ -90,6 +90,8 @@ class StitchedModel(nn.Module):
                 if not m.is_anchor
             }
         )
+        like = next(anchors[infos[-1].name].parameters())
+        self.stitches.to(dtype=like.dtype, device=like.device)  # float64 or bf16 anchors get stitches alike
         self.space.bind({n: parts_of(m, kind) for n, m in anchors.items()})
         self._switch_cache: dict[Any, tuple[Stitch, str, str, list[nn.Module] | None]] = {}
         self._active = self.activate(self.space.largest)
