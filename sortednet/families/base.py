@@ -30,6 +30,16 @@ SIZE_KEYS = ("depth", "heads", "kv_heads", "ffn", "hidden", "head_dim")  # what 
 REQUIRED_SIZE_KEYS = ("depth", "heads", "ffn", "hidden")
 
 
+def check_dim(family: Any, dim: str) -> None:
+    """One-line ValueError for a dimension a family (layer- or stage-based) does not nest, naming the ones it does."""
+    if dim not in family.dims:
+        why = f" ({family.unsupported[dim]})" if dim in family.unsupported else ""
+        raise ValueError(
+            f"dimension {dim!r} cannot be nested for model family {family.name!r}{why}; "
+            f"it supports: {', '.join(family.dims)}"
+        )
+
+
 @dataclass(frozen=True)
 class Projection:
     out_roles: tuple[str, ...]  # one role per output block (GPT-2's fused c_attn: q, kv, kv)
@@ -172,13 +182,7 @@ class Family:
         return self.config_keys.get("head_dim", "head_dim")
 
     def check_dim(self, dim: str) -> None:
-        """One-line ValueError for a dimension this family does not nest, naming the ones it does."""
-        if dim not in self.dims:
-            why = f" ({self.unsupported[dim]})" if dim in self.unsupported else ""
-            raise ValueError(
-                f"dimension {dim!r} cannot be nested for model family {self.name!r}{why}; "
-                f"it supports: {', '.join(self.dims)}"
-            )
+        check_dim(self, dim)
 
     def resolve(self, full: Mapping[str, int], dim: str, value: Value) -> int:
         """Absolute size for one space value, validated against the model (one-line ValueError)."""

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..spec import Value
+from .base import check_dim
 
 KIND = "stages"  # the family's `kind` in the checkpoint header; a Family has none
 STAGE_DIMS = ("channels", "depth")
@@ -99,12 +100,7 @@ class StageFamily:
         }
 
     def check_dim(self, dim: str) -> None:
-        if dim not in self.dims:
-            why = f" ({self.unsupported[dim]})" if dim in self.unsupported else ""
-            raise ValueError(
-                f"dimension {dim!r} cannot be nested for model family {self.name!r}{why}; "
-                f"it supports: {', '.join(self.dims)}"
-            )
+        check_dim(self, dim)
 
     def resolve(self, full: Mapping[str, int], dim: str, value: Value) -> int:
         """Absolute size for one space value, validated against the model (one-line ValueError)."""
