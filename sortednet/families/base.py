@@ -30,6 +30,18 @@ SIZE_KEYS = ("depth", "heads", "kv_heads", "ffn", "hidden", "head_dim")  # what 
 REQUIRED_SIZE_KEYS = ("depth", "heads", "ffn", "hidden")
 
 
+def from_fields(cls: Any, data: Mapping[str, Any]) -> Any:
+    """A family dataclass from its header JSON; one-line ValueError for an unknown or missing field."""
+    known = [f.name for f in fields(cls) if f.name != "verified"]
+    unknown = [k for k in data if k not in known]
+    if unknown:
+        raise ValueError(f"family field {unknown[0]!r} is not known; allowed: {', '.join(known)}")
+    try:
+        return cls(**data)
+    except TypeError as err:  # a required field is missing
+        raise ValueError(f"family {data.get('name')!r} cannot be read: {err}") from None
+
+
 def check_dim(family: Any, dim: str) -> None:
     """One-line ValueError for a dimension a family (layer- or stage-based) does not nest, naming the ones it does."""
     if dim not in family.dims:
@@ -148,14 +160,7 @@ class Family:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Family:
-        known = [f.name for f in fields(cls) if f.name != "verified"]
-        unknown = [k for k in data if k not in known]
-        if unknown:
-            raise ValueError(f"family field {unknown[0]!r} is not known; allowed: {', '.join(known)}")
-        try:
-            return cls(**data)
-        except TypeError as err:  # a required field is missing
-            raise ValueError(f"family {data.get('name')!r} cannot be read: {err}") from None
+        return from_fields(cls, data)
 
     # ---- sizes --------------------------------------------------------------------------------
     def _get(self, config: Any, size: str) -> Any:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..spec import Value
-from .base import check_dim
+from .base import check_dim, from_fields
 
 KIND = "stages"  # the family's `kind` in the checkpoint header; a Family has none
 STAGE_DIMS = ("channels", "depth")
@@ -73,15 +73,7 @@ class StageFamily:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StageFamily:
-        data = {k: v for k, v in data.items() if k != "kind"}
-        known = [f.name for f in fields(cls) if f.name != "verified"]
-        unknown = [k for k in data if k not in known]
-        if unknown:
-            raise ValueError(f"family field {unknown[0]!r} is not known; allowed: {', '.join(known)}")
-        try:
-            return cls(**data)
-        except TypeError as err:
-            raise ValueError(f"family {data.get('name')!r} cannot be read: {err}") from None
+        return from_fields(cls, {k: v for k, v in data.items() if k != "kind"})
 
     # ---- sizes --------------------------------------------------------------------------------
     def stage_widths(self, config: Any) -> dict[str, int | list[int]]:
