@@ -13,6 +13,7 @@ training batches (US-Nets), kept in `bn_stats`, used under `use()` in eval, expo
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Mapping
@@ -59,41 +60,54 @@ def nest_stages(
         )
     full = family.full_sizes(model.config)
     bound = space.bind(full, lambda d, v: family.resolve(full, d, v), None)
-    channels = bound.absolute("channels") if "channels" in bound.dims else (full["channels"],)
-    plans = {
-        c: plan(type(model), model.config, family, full, c) for c in channels
-    }  # refuses unbuildable widths
+    plans = {  # refuses unbuildable widths
+        key: plan(type(model), model.config, family, full, dict(zip(PLAN_DIMS, key, strict=True)))
+        for key in itertools.product(*(plan_values(bound, full, d) for d in PLAN_DIMS))
+    }
     nested = ConvNestedModel(model, bound, family, full, plans, {"bn": bn} if bn != "batch" else {})
     bound.set_cost(nested.cost_fn())
     return nested
 
 
+PLAN_DIMS = ("channels", "ffn")  # the dimensions that change widths: one plan per pair of values
+
+
+def plan_values(space: NestingSpace, full: Mapping[str, int], dim: str) -> tuple[int | None, ...]:
+    if dim in space.dims:
+        return tuple(space.absolute(dim))
+    return (full.get(dim),)
+
+
+def plan_key(full: Mapping[str, int], sizes: Mapping[str, int]) -> tuple[int | None, ...]:
+    return tuple(sizes.get(d, full.get(d)) for d in PLAN_DIMS)
+
+
 class _Plan:
-    """What one channels value makes of the model: each module's output width, each tensor's size."""
+    """What one channels (and ffn) value makes of the model: each module's output width, each tensor's size."""
 
     def __init__(self, outs: dict[str, int], numels: dict[str, int]) -> None:
         self.outs, self.numels = outs, numels
 
 
-def plan(cls: type, config: Any, family: StageFamily, full: Mapping[str, int], channels: int) -> _Plan:
-    """Build the plain model of one channels value on the meta device and read its widths."""
+def plan(
+    cls: type, config: Any, family: StageFamily, full: Mapping[str, int], sizes: Mapping[str, int | None]
+) -> _Plan:
+    """Build the plain model of one channels (and ffn) value on the meta device and read its widths."""
+    given = {d: v for d, v in sizes.items() if v is not None}
+    what = ", ".join(f"{d}={v} (of {full[d]})" for d, v in given.items() if v != full[d]) or "the full size"
     try:
-        small = hf.empty_model(cls, family.sub_config(config, full, {"channels": channels}))
+        small = hf.empty_model(cls, family.sub_config(config, full, given))
     except Exception as err:  # e.g. a bottleneck of 0 channels
         line = " ".join(str(err).split())[:200]
         raise ValueError(
-            f"channels={channels} (of {full['channels']}) gives a {cls.__name__} that cannot be built "
-            f"({line}); allowed: a wider channels value"
+            f"{what} gives a {cls.__name__} that cannot be built ({line}); allowed: a wider value"
         ) from None
     outs: dict[str, int] = {}
     for name, module in small.named_modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             width = module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
             if width < 1:
-                raise ValueError(
-                    f"channels={channels} (of {full['channels']}) leaves {name} with {width} channels; "
-                    "allowed: a wider channels value"
-                )
+                raise ValueError(f"{what} leaves {name} with {width} channels; allowed: a wider value")
             outs[name] = width
     return _Plan(outs, {k: v.numel() for k, v in small.state_dict().items()})
 
@@ -107,7 +121,7 @@ class ConvNestedModel(NestedModel):
         space: NestingSpace,
         family: StageFamily,
         full: Mapping[str, int],
-        plans: Mapping[int, _Plan],
+        plans: Mapping[tuple[int | None, ...], _Plan],
         options: Mapping[str, Any] | None = None,
     ) -> None:
         nn.Module.__init__(self)
@@ -166,7 +180,8 @@ class ConvNestedModel(NestedModel):
         self.train(model.training)  # the new wrappers take the model's mode (BatchNorm reads it)
 
     def _check_covered(self) -> None:
-        """Refuse a model with a channel-sized parameter that no wrapper slices (it would break a subnet)."""
+        """Refuse a model with a parameter some subnet shrinks that no wrapper slices (it would break the
+        subnet); parameters every subnet keeps whole (Swin's relative position tables under ffn) are fine."""
         wrapped = set()
         for module in self.model.modules():
             if isinstance(
@@ -175,7 +190,10 @@ class ConvNestedModel(NestedModel):
                 wrapped.update(id(p) for p in module.parameters())
         scales = set(self.family.block_scales)
         for name, param in self.model.named_parameters():
-            if id(param) not in wrapped and name.rpartition(".")[2] not in scales:
+            shrinks = any(
+                p.numels.get(original_key(name), param.numel()) != param.numel() for p in self._plans.values()
+            )
+            if shrinks and id(param) not in wrapped and name.rpartition(".")[2] not in scales:
                 raise ValueError(
                     f"model family {self.family.name!r}: parameter {original_key(name)} is outside every sliced "
                     "module; declare it (block_scales) or nest a model without it"
@@ -199,7 +217,7 @@ class ConvNestedModel(NestedModel):
         if cached is None:
             normal = self.space.normalize(Subnet.parse(subnet))
             sizes = self.sizes(normal)
-            plan = self._plans[sizes["channels"]]
+            plan = self._plans[plan_key(self.full, sizes)]
             outs = [plan.outs[name] for name, _ in self.outs]
             depths = [min(sizes["depth"], d) for d in self.depths]
             cached = self._switch_cache[subnet] = (normal, outs, depths)
@@ -221,7 +239,7 @@ class ConvNestedModel(NestedModel):
         )
         params = {original_key(k) for k, _ in self.model.named_parameters()}
         tables = {}
-        for c, plan in self._plans.items():
+        for plan_id, plan in self._plans.items():
             shared, blocks = 0, {}
             for key, n in plan.numels.items():
                 if key not in params:  # buffers are not parameters
@@ -231,16 +249,15 @@ class ConvNestedModel(NestedModel):
                     blocks[(int(m[1]), int(m[2]))] = blocks.get((int(m[1]), int(m[2])), 0) + n
                 else:
                     shared += n
-            tables[c] = (shared, blocks)
-        full_c = self.full["channels"]
+            tables[plan_id] = (shared, blocks)
 
         def cost(sizes):
             n = len(next(iter(sizes.values())))
             out = []
             for row in range(n):
-                c = int(sizes["channels"][row]) if "channels" in sizes else full_c
-                k = int(sizes["depth"][row]) if "depth" in sizes else self.full["depth"]
-                shared, blocks = tables[c]
+                row_sizes = {d: int(v[row]) for d, v in sizes.items()}
+                k = row_sizes.get("depth", self.full["depth"])
+                shared, blocks = tables[plan_key(self.full, row_sizes)]
                 out.append(shared + sum(v for (_, j), v in blocks.items() if j < k))
             return np.asarray(out, dtype=np.float64)
 
@@ -256,7 +273,7 @@ class ConvNestedModel(NestedModel):
         sizes = self.sizes(subnet)
         return stats_aliases(
             [n for n, _ in self.batch_norms],
-            self._plans[sizes["channels"]].numels,
+            self._plans[plan_key(self.full, sizes)].numels,
             self.full_widths(),
             self.options.get("bn") == "switchable",
             self.calibrated_index().get(str(subnet)),
@@ -352,9 +369,8 @@ def file_aliases(
 ) -> dict[str, str]:
     """`stats_aliases` for `load_submodel`: from a checkpoint's header and keys, without the nested model."""
     cls = hf.model_class(meta["model_class"])
-    channels = sizes.get("channels", full["channels"])
-    numels = plan(cls, config, family, full, channels).numels
-    whole = plan(cls, config, family, full, full["channels"]).numels
+    numels = plan(cls, config, family, full, sizes).numels
+    whole = plan(cls, config, family, full, {}).numels
     names = [k[: -len(".running_var")] for k in whole if k.endswith(".running_var")]
     calibrated = {text: i for i, text in enumerate(meta.get("bn_calibrated") or [])}
     return stats_aliases(

@@ -83,14 +83,15 @@ def check_family(
     config = _base_config(config_or_model_type)
     family = family or family_for(config)
     cls = model_class or ref.default_model_class(config)
-    if isinstance(
-        family, StageFamily
-    ):  # convolutional: channels x per-stage depth (sortednet.testing_stages)
+    if isinstance(family, StageFamily):  # vision stages: channels, per-stage depth, ffn (testing_stages)
         from .testing_stages import check_stage_family
 
+        dims = tuple(family.dims if dims is None else dims)
+        for dim in dims:
+            family.check_dim(dim)
         start = time.perf_counter()
-        diffs = check_stage_family(config, family, cls, seed)
-        report = FamilyReport(family.name, cls.__name__, family.dims, subnets=9, diffs=diffs)
+        diffs, n = check_stage_family(config, family, cls, dims, seed)
+        report = FamilyReport(family.name, cls.__name__, dims, subnets=n, diffs=diffs)
         report.seconds = time.perf_counter() - start
         return report
     dims = _checked_dims(family, dims)

@@ -1,11 +1,12 @@
-"""check_family for stage-based vision families (ResNet, ConvNeXt): is a StageFamily right? Right or say no.
+"""check_family for stage-based vision families (ResNet, ConvNeXt, Swin): is a StageFamily right? Right or say no.
 
-On a tiny random model (random BatchNorm statistics included), for every subnet of channels x depth:
+On a tiny random model (random BatchNorm statistics included), for every subnet of the family's dimensions
+(channels, depth, ffn):
   the largest subnet equals the original bit for bit;
   `use(subnet)` (eval) and `extract(subnet)` equal a reference built here without the family's rules: the
     plain class from a config whose every width is multiplied by the channel ratio (the tiny widths divide
-    exactly) and whose stages keep min(k, blocks) blocks, every tensor the prefix of the full model's tensor
-    of the same key;
+    exactly), whose FFN multiple is multiplied by the ffn ratio and whose stages keep min(k, blocks) blocks,
+    every tensor the prefix of the full model's tensor of the same key;
   `num_params` is the reference's parameter count; save / load / load_submodel round trip bit-exact.
 """
 
@@ -25,6 +26,8 @@ from .spec import NestingSpace, Subnet
 TOLERANCE = 1e-5
 TINY_WIDTHS = [16, 32, 64]  # the channel ratios checked (1/4, 1/2) divide every width
 TINY_DEPTHS = [2, 1, 3]
+SIZE = 32  # input pixels: Swin needs every stage at least a window wide
+RATIOS = {"channels": [0.25, 0.5, 1.0], "depth": [1, 2, 3], "ffn": [0.25, 0.5, 1.0]}
 
 
 def tiny_stage_config(config: Any, family: StageFamily) -> Any:
@@ -33,10 +36,10 @@ def tiny_stage_config(config: Any, family: StageFamily) -> Any:
         data[key] = list(TINY_WIDTHS) if isinstance(data[key], list) else TINY_WIDTHS[0]
     data[family.depths] = list(TINY_DEPTHS)
     data.update(num_channels=3, num_labels=5, id2label=None, label2id=None)
-    for key in ("num_stages",):
-        if key in data:
-            data[key] = len(TINY_WIDTHS)
-    for key in ("out_features", "out_indices", "stage_names"):
+    for key, value in (("num_stages", 3), ("num_heads", [2, 2, 4]), ("window_size", 2), ("image_size", SIZE)):
+        if key in data:  # windows of 2 on 8x8 patches: Swin's shifted windows and their mask run
+            data[key] = value
+    for key in ("out_features", "out_indices", "stage_names", "hidden_size"):  # derived by the config
         data.pop(key, None)
     return type(config).from_dict(data)
 
@@ -59,17 +62,19 @@ def random_stage_model(cls: type, config: Any, seed: int) -> nn.Module:
     return model
 
 
-def reference_model(
-    cls: type, config: Any, family: StageFamily, state: dict, ratio: tuple[int, int], depth: int
-):
-    """The plain model at channels num/den of every width and `depth` blocks per stage, weights cut here."""
-    num, den = ratio
+def reference_model(cls: type, config: Any, family: StageFamily, state: dict, subnet: Subnet):
+    """The plain model at channels c of every width, ffn f of the FFN multiple and `depth` blocks per stage,
+    weights cut here."""
+    num, den = round(subnet.get("channels", 1.0) * 4), 4
     small = copy.deepcopy(config)
     for key in family.widths:
         value = getattr(config, key)
         setattr(
             small, key, [w * num // den for w in value] if isinstance(value, list) else value * num // den
         )
+    if subnet.get("ffn") is not None:
+        setattr(small, family.ffn_ratio, getattr(config, family.ffn_ratio) * subnet["ffn"])
+    depth = int(subnet.get("depth", max(TINY_DEPTHS)))
     setattr(small, family.depths, [min(depth, d) for d in getattr(config, family.depths)])
     model = cls(small).eval()
     cut = {k: state[k][tuple(slice(0, n) for n in v.shape)].clone() for k, v in model.state_dict().items()}
@@ -77,8 +82,11 @@ def reference_model(
     return model
 
 
-def check_stage_family(config: Any, family: StageFamily, cls: type, seed: int = 0) -> dict[str, float]:
-    """Raises FamilyCheckError (one line) on the first failure; returns the largest difference per check."""
+def check_stage_family(
+    config: Any, family: StageFamily, cls: type, dims: tuple[str, ...], seed: int = 0
+) -> tuple[dict[str, float], int]:
+    """Raises FamilyCheckError (one line) on the first failure; returns the largest difference per check and
+    the number of subnets checked."""
     from .export import load_submodel
     from .nest import nest
     from .restore import load
@@ -87,7 +95,7 @@ def check_stage_family(config: Any, family: StageFamily, cls: type, seed: int = 
     config = tiny_stage_config(config, family)
     model = random_stage_model(cls, config, seed)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(seed + 1))
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed + 1))
     diffs: dict[str, float] = {}
 
     def compare(check: str, got: torch.Tensor, want: torch.Tensor, tol: float) -> None:
@@ -100,11 +108,11 @@ def check_stage_family(config: Any, family: StageFamily, cls: type, seed: int = 
 
     with torch.no_grad():
         original = model(pixel_values=x).logits
-        nested = nest(model, NestingSpace(channels=[0.25, 0.5, 1.0], depth=[1, 2, 3]), family=family)
+        nested = nest(model, NestingSpace(**{d: RATIOS[d] for d in dims}), family=family)
         compare("largest vs original", nested(pixel_values=x).logits, original, 0.0)
-        for subnet in nested.space.subnets():
-            ratio = (round(subnet["channels"] * 4), 4)
-            reference = reference_model(cls, config, family, state, ratio, int(subnet["depth"]))
+        subnets = list(nested.space.subnets())
+        for subnet in subnets:
+            reference = reference_model(cls, config, family, state, subnet)
             want = reference(pixel_values=x).logits
             with nested.use(subnet):
                 compare("use() vs reference", nested(pixel_values=x).logits, want, TOLERANCE)
@@ -114,7 +122,7 @@ def check_stage_family(config: Any, family: StageFamily, cls: type, seed: int = 
                     f"family {family.name!r}: num_params({subnet}) {nested.num_params(subnet)} != "
                     f"the reference's {reference.num_parameters()}"
                 )
-        subnet = Subnet(channels=0.5, depth=1)
+        subnet = subnets[1]
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "stages.safetensors"
             nested.save(path)
@@ -123,4 +131,4 @@ def check_stage_family(config: Any, family: StageFamily, cls: type, seed: int = 
                 compare("load() vs nested", loaded(pixel_values=x).logits, nested(pixel_values=x).logits, 0.0)
             small = load_submodel(path, subnet)(pixel_values=x).logits
             compare("load_submodel() vs extract()", small, nested.extract(subnet)(pixel_values=x).logits, 0.0)
-    return diffs
+    return diffs, len(subnets)

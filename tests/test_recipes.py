@@ -124,6 +124,7 @@ def test_every_recipe_is_listed():
         "snnet_deit",
         "snnet_digits",
         "sortednet_bert_glue",
+        "swin_digits",
         "usnet_cifar10",
     ]
     for name in RECIPES:

@@ -102,6 +102,19 @@ STAGE_BUILDERS = {
     "convnext": lambda: T.ConvNextForImageClassification(
         T.ConvNextConfig(num_stages=3, patch_size=2, **_stages())
     ),
+    "swin": lambda: T.SwinForImageClassification(  # 16x16 pixels: 8x8, 4x4, 2x2 patches, windows of 2
+        T.SwinConfig(
+            image_size=16,
+            patch_size=2,
+            num_channels=1,
+            num_labels=10,
+            embed_dim=16,
+            depths=[2, 1, 3],
+            num_heads=[2, 2, 4],
+            window_size=2,
+            mlp_ratio=2.0,
+        )
+    ),
 }
 
 # check_family's tiny config for these model types (their defaults would leave a feature unexercised)

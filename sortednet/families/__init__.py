@@ -20,11 +20,11 @@ from .gpt2 import GPT2
 from .llama import LLAMA
 from .phi3 import PHI3
 from .qwen3 import QWEN3
-from .stages import CONVNEXT, RESNET, StageFamily
+from .stages import CONVNEXT, RESNET, SWIN, StageFamily
 from .vit import VIT
 
 ENTRY_POINT_GROUP = "sortednet.families"
-BUILT_IN = (BERT, GPT2, LLAMA, VIT, QWEN3, PHI3, GEMMA, DISTILBERT, DEBERTA_V2, RESNET, CONVNEXT)
+BUILT_IN = (BERT, GPT2, LLAMA, VIT, QWEN3, PHI3, GEMMA, DISTILBERT, DEBERTA_V2, RESNET, CONVNEXT, SWIN)
 AnyFamily = Family | StageFamily
 
 _REGISTRY: dict[str, Family] = {}

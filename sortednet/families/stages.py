@@ -1,7 +1,7 @@
-"""StageFamily: the declarative description of a stage-based vision architecture (ResNet, ConvNeXt).
+"""StageFamily: the declarative description of a stage-based vision architecture (ResNet, ConvNeXt, Swin).
 
 Such a model is a stem, then stages of blocks; a stage's blocks share one width (`hidden_sizes[i]`) and
-the first block of a stage changes width and resolution. Two dimensions nest:
+the first (or last) block of a stage changes width and resolution. Three dimensions nest:
 
 - `channels`: every width of the model shrinks by one ratio. An int c is the width of the last stage; a
   fraction f means c = round(f x last width). Every other width w (each stage, the stem) becomes
@@ -9,6 +9,8 @@ the first block of a stage changes width and resolution. Two dimensions nest:
   the block's own width as the architecture derives them, so they are read from the smaller model itself.
 - `depth`: the first k blocks of every stage (a stage with fewer keeps all of them); an int is k, a fraction
   of the deepest stage's block count. The first block of a stage (the one that downsamples) always runs.
+- `ffn`: for families whose config gives the FFN as a multiple of the block width (Swin's `mlp_ratio`,
+  named by `ffn_ratio`), that multiple shrinks: an int is the last stage's FFN width, a fraction of it.
 
 Every tensor of a sub-model is a prefix of the nested tensor along each axis (a depthwise conv keeps
 groups == channels), so the slicing plan is a prefix and the smaller config says everything else.
@@ -25,8 +27,12 @@ from ..spec import Value
 from .base import check_dim, from_fields
 
 KIND = "stages"  # the family's `kind` in the checkpoint header; a Family has none
-STAGE_DIMS = ("channels", "depth")
-DIM_NAMES = {"channels": "channels of the last stage", "depth": "blocks per stage"}
+STAGE_DIMS = ("channels", "depth", "ffn")
+DIM_NAMES = {
+    "channels": "channels of the last stage",
+    "depth": "blocks per stage",
+    "ffn": "FFN channels of the last stage",
+}
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,10 @@ class StageFamily:
     blocks: str  # attribute of a stage holding its block list
     widths: tuple[str, ...]  # config keys that `channels` scales: an int or a list of ints per stage
     depths: str = "depths"  # config key of the per-stage block counts
+    ffn_ratio: str = ""  # config key of the FFN width as a multiple of the block width (for `ffn`)
     # 1-D parameters of a block that multiply its output channel-wise (ConvNeXt's layer scale)
     block_scales: tuple[str, ...] = ()
-    dims: tuple[str, ...] = STAGE_DIMS
+    dims: tuple[str, ...] = ("channels", "depth")
     unsupported: Mapping[str, str] = field(default_factory=dict)
     verified: bool = field(default=False, compare=False)
 
@@ -55,6 +62,10 @@ class StageFamily:
         bad = [d for d in self.dims if d not in STAGE_DIMS]
         if bad:
             raise ValueError(f"{where}: dimension {bad[0]!r} is not known; allowed: {', '.join(STAGE_DIMS)}")
+        if "ffn" in self.dims and not self.ffn_ratio:
+            raise ValueError(
+                f"{where}: nesting ffn needs ffn_ratio, the config key of the FFN's width multiple"
+            )
 
     # ---- the checkpoint header ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +77,7 @@ class StageFamily:
             "blocks": self.blocks,
             "widths": list(self.widths),
             "depths": self.depths,
+            "ffn_ratio": self.ffn_ratio,
             "block_scales": list(self.block_scales),
             "dims": list(self.dims),
             "unsupported": dict(self.unsupported),
@@ -80,16 +92,16 @@ class StageFamily:
         return {key: copy.copy(getattr(config, key)) for key in self.widths}
 
     def full_sizes(self, config: Any) -> dict[str, int]:
-        """`channels`: the last stage's width; `depth`: the deepest stage's block count; `min_width`: the
-        narrowest width the config holds (what a channels value must keep at one channel or more)."""
+        """`channels`: the last stage's width; `depth`: the deepest stage's block count; `ffn`: the last
+        stage's FFN width (with `ffn_ratio`); `min_width`: the narrowest width the config holds (what a
+        channels value must keep at one channel or more)."""
         widths = self.stage_widths(config)
         flat = [w for v in widths.values() for w in (v if isinstance(v, list) else [v])]
         depths = list(getattr(config, self.depths))
-        return {
-            "channels": int(flat_last(widths)),
-            "depth": max(depths),
-            "min_width": min(flat),
-        }
+        full = {"channels": int(flat_last(widths)), "depth": max(depths), "min_width": min(flat)}
+        if self.ffn_ratio:
+            full["ffn"] = int(getattr(config, self.ffn_ratio) * last_stage_width(config, widths))
+        return full
 
     def check_dim(self, dim: str) -> None:
         check_dim(self, dim)
@@ -114,7 +126,7 @@ class StageFamily:
                 )
         elif size < 1:
             raise ValueError(
-                f"depth={value} of {total} {what} rounds to 0; allowed: a fraction >= {1 / total:.3g}"
+                f"{dim}={value} of {total} {what} rounds to 0; allowed: a fraction >= {1 / total:.3g}"
             )
         return size
 
@@ -133,6 +145,8 @@ class StageFamily:
             setattr(new, key, scaled if scaled is not None else scale(value, channels, full["channels"]))
         depth = sizes.get("depth", full["depth"])
         setattr(new, self.depths, [min(depth, d) for d in getattr(config, self.depths)])
+        if self.ffn_ratio and sizes.get("ffn", full["ffn"]) != full["ffn"]:
+            setattr(new, self.ffn_ratio, getattr(config, self.ffn_ratio) * sizes["ffn"] / full["ffn"])
         return new
 
     def slices(
@@ -153,6 +167,11 @@ def flat_last(widths: Mapping[str, int | list[int]]) -> int:
         if isinstance(value, list):
             return value[-1]
     return next(iter(widths.values()))  # type: ignore[return-value]
+
+
+def last_stage_width(config: Any, widths: Mapping[str, int | list[int]]) -> int:
+    """The last stage's width: `config.hidden_size` where the config derives it (Swin: embed_dim x 2^(stages-1))."""
+    return int(getattr(config, "hidden_size", 0) or flat_last(widths))
 
 
 def is_stage_family(family: Any) -> bool:
@@ -190,5 +209,25 @@ CONVNEXT = StageFamily(
             "ConvNext config holds a smaller FFN; nest channels (the FFN follows at 4x)"
         ),
         "rank": "convolutions are not factorised",
+    },
+)
+
+SWIN = StageFamily(
+    name="swin",
+    model_types=("swin",),
+    stages="encoder.layers",
+    blocks="blocks",
+    widths=("embed_dim",),
+    ffn_ratio="mlp_ratio",
+    dims=("depth", "ffn"),
+    verified=True,  # check_stage_family passes in tests/test_family_check.py (shifted windows included)
+    unsupported={
+        "channels": (
+            "a Swin config fixes each stage's head count, so a narrower stage has smaller heads, and a prefix "
+            "of q/k/v is not a smaller Swin's; nest depth or ffn"
+        ),
+        "hidden": "a Swin's width changes from stage to stage; nest depth or ffn",
+        "heads": "a Swin config ties heads to width (head size = width / heads); nest depth or ffn",
+        "rank": "Swin's projections are not factorised",
     },
 )
