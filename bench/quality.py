@@ -65,6 +65,12 @@ CASES = {
         quick_shapes=["depth=2,ffn=0.25,heads=2", "depth=4,ffn=0.5,heads=4", "depth=6,ffn=1.0,heads=4"],
         quick=["trainer.max_steps=200", "trainer.val_check_interval=200"],
     ),
+    "swin_digits": Case(
+        "swin_digits",
+        shapes=["depth=1,ffn=0.25", "depth=1,ffn=1.0", "depth=2,ffn=0.25", "depth=2,ffn=1.0"],
+        quick_shapes=["depth=1,ffn=0.25", "depth=2,ffn=1.0"],
+        quick=["trainer.max_steps=200", "trainer.val_check_interval=200"],
+    ),
     "maestro_digits": Case(
         "maestro_digits",
         shapes=[
