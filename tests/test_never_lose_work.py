@@ -126,6 +126,20 @@ def test_a_non_finite_step_is_skipped_and_training_goes_on():
     assert all(bool(p.isfinite().all()) for p in module.nested.parameters())
 
 
+@pytest.mark.parametrize(
+    "value, nonfinite", [(1e30, 0.0), (float("inf"), 1.0), (float("-inf"), 1.0), (float("nan"), 1.0)]
+)
+def test_the_step_guard_reads_gradients_exactly(value, nonfinite):
+    """A gradient's NaN or inf skips the step; huge finite gradients (their squared norm overflows) do not."""
+    module = module_for()
+    for p in module.nested.parameters():
+        p.grad = torch.zeros_like(p)
+    next(module.nested.parameters()).grad.view(-1)[3] = value
+    losses = [(module.nested.space.largest, torch.tensor(1.0))]
+    assert float(module._local_nonfinite(losses)) == nonfinite
+    assert float(module._local_nonfinite(losses, grads=False)) == 0.0
+
+
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     module = module_for(max_nonfinite_steps=3)
     keep = NestedCheckpoint(dirpath=str(tmp_path), every_n_train_steps=2, save_last=True, save_top_k=0)

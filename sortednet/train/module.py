@@ -274,10 +274,17 @@ class SortedNetModule(L.LightningModule):
         """1.0 when a loss or (`grads`) gradient of this step on this rank is NaN or inf (FSDP2: its local
         shard)."""
         checks = [torch.isfinite(loss) for _, loss in losses]
-        for p in self.nested.parameters() if grads else ():
-            if p.grad is not None:
-                grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
-                checks.append(torch.isfinite(grad).all())
+        local = [
+            p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+            for p in (self.nested.parameters() if grads else ())
+            if p.grad is not None
+        ]
+        if local:  # one read of every gradient (a NaN or inf makes the norm one); isfinite() per element took
+            # ~7x as long: 6-9% of a sandwich step's CPU time (bench.sandwich_step)
+            finite = torch.isfinite(torch.nn.utils.get_total_norm(local, error_if_nonfinite=False))
+            if not finite:  # a NaN or inf, or finite gradients whose squares overflow: look again, exactly
+                finite = torch.stack([torch.isfinite(g).all() for g in local]).all()
+            checks.append(finite.to(checks[0].device) if checks else finite)
         finite = torch.stack(checks).all() if checks else torch.tensor(True)
         return (~finite).float().reshape(1).to(self.device)
 
