@@ -66,7 +66,7 @@ def test_unknown_family_lists_the_supported_ones():
     assert "model family 'olmo' (config.model_type) is not supported" in msg
     assert (
         "bert, convnext, deberta-v2, deit, distilbert, gemma, gemma2, gemma3_text, gpt2, llama, mistral, phi3, "
-        "qwen2, qwen3, resnet, roberta, swin, vit, xlm-roberta;" in msg
+        "qwen2, qwen3, resnet, roberta, swin, swinv2, vit, xlm-roberta;" in msg
     )
     assert "sortednet.testing.check_family" in msg and "sortednet.families.register" in msg
 

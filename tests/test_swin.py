@@ -21,21 +21,25 @@ def pixels(n: int = 3) -> torch.Tensor:
     return torch.randn(n, 1, 16, 16, generator=torch.Generator().manual_seed(1))
 
 
-def test_a_subnet_is_a_plain_smaller_swin_and_switching_changes_the_output(tmp_path):
+@pytest.mark.parametrize("name", ["swin", "swinv2"])
+def test_a_subnet_is_a_plain_smaller_swin_and_switching_changes_the_output(tmp_path, name):
     torch.manual_seed(0)
-    model = STAGE_BUILDERS["swin"]().eval()
+    model = STAGE_BUILDERS[name]().eval()
+    cls = type(model)
     x = pixels()
     with torch.no_grad():
         original = model(pixel_values=x).logits
         nested = sn.nest(model, SPACE)
         assert torch.equal(nested(pixel_values=x).logits, original)
         small = nested.extract("depth=1,ffn=0.5")
-        assert type(small) is T.SwinForImageClassification
+        assert type(small) is cls
         assert small.config.depths == [1, 1, 1] and small.config.mlp_ratio == 1.0
-        assert small.swin.encoder.layers[2].blocks[0].mlp.fc1.out_features == 64
+        block = small.base_model.encoder.layers[2].blocks[0]
+        fc1 = next(m for n, m in block.named_modules() if n in ("mlp.fc1", "intermediate.dense"))
+        assert fc1.out_features == 64
         assert nested.num_params("depth=1,ffn=0.5") == small.num_parameters()
         small.save_pretrained(tmp_path)
-        again = T.SwinForImageClassification.from_pretrained(tmp_path).eval()
+        again = cls.from_pretrained(tmp_path).eval()
         with nested.use("depth=1,ffn=0.5"):
             under_use = nested(pixel_values=x).logits
         assert (under_use - again(pixel_values=x).logits).abs().max() <= 1e-5

@@ -86,6 +86,20 @@ BUILDERS = {
 FAMILIES = list(BUILDERS)  # the transformer families; the convolutional ones are below
 
 
+# 16x16 pixels: 8x8, 4x4, 2x2 patches, windows of 2 (Swin needs every stage at least a window wide)
+_SWIN = dict(
+    image_size=16,
+    patch_size=2,
+    num_channels=1,
+    num_labels=10,
+    embed_dim=16,
+    depths=[2, 1, 3],
+    num_heads=[2, 2, 4],
+    window_size=2,
+    mlp_ratio=2.0,
+)
+
+
 def _stages(**kw):
     return dict(num_channels=1, num_labels=10, hidden_sizes=[8, 16, 32], depths=[2, 1, 2], **kw)
 
@@ -102,19 +116,8 @@ STAGE_BUILDERS = {
     "convnext": lambda: T.ConvNextForImageClassification(
         T.ConvNextConfig(num_stages=3, patch_size=2, **_stages())
     ),
-    "swin": lambda: T.SwinForImageClassification(  # 16x16 pixels: 8x8, 4x4, 2x2 patches, windows of 2
-        T.SwinConfig(
-            image_size=16,
-            patch_size=2,
-            num_channels=1,
-            num_labels=10,
-            embed_dim=16,
-            depths=[2, 1, 3],
-            num_heads=[2, 2, 4],
-            window_size=2,
-            mlp_ratio=2.0,
-        )
-    ),
+    "swin": lambda: T.SwinForImageClassification(T.SwinConfig(**_SWIN)),
+    "swinv2": lambda: T.Swinv2ForImageClassification(T.Swinv2Config(**_SWIN)),
 }
 
 # check_family's tiny config for these model types (their defaults would leave a feature unexercised)

@@ -214,13 +214,13 @@ CONVNEXT = StageFamily(
 
 SWIN = StageFamily(
     name="swin",
-    model_types=("swin",),
+    model_types=("swin", "swinv2"),
     stages="encoder.layers",
     blocks="blocks",
     widths=("embed_dim",),
     ffn_ratio="mlp_ratio",
     dims=("depth", "ffn"),
-    verified=True,  # check_stage_family passes in tests/test_family_check.py (shifted windows included)
+    verified=True,  # check_stage_family passes for both in tests/test_family_check.py (shifted windows included)
     unsupported={
         "channels": (
             "a Swin config fixes each stage's head count, so a narrower stage has smaller heads, and a prefix "
