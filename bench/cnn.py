@@ -8,7 +8,7 @@ import transformers as T
 
 import sortednet as sn
 
-from .common import Result, build, interleaved, train_step
+from .common import Result, build, forward_vs_plain, interleaved, train_step
 
 TAX_TARGET = 1.03
 FORWARD_TARGET = 1.05
@@ -60,17 +60,7 @@ def subnet_forward(quick: bool) -> Result:
     small = nested.extract(subnet).eval()
     batch = images(8 if quick else 32, 64 if quick else 112, labels=False)
 
-    @torch.no_grad()
-    def nested_forward() -> None:
-        with nested.use(subnet):
-            nested(**batch)
-
-    @torch.no_grad()
-    def small_forward() -> None:
-        small(**batch)
-
-    repeats, warmup = (8, 2) if quick else (30, 3)
-    paired = interleaved(nested_forward, small_forward, repeats, warmup)
+    paired = forward_vs_plain(nested, subnet, small, batch, quick)
     return Result(
         f"subnet forward / extracted, {subnet}, {shape(config, batch)}",
         paired.ratio,

@@ -175,6 +175,28 @@ LLAMA_QUICK = dict(
 )
 
 
+def forward_calls(many, subnet, plain: torch.nn.Module, batch: dict) -> tuple[Callable[[], None], ...]:
+    """Two forwards without grad, to time against each other: a many-in-one model under `use(subnet)`, and
+    a plain model."""
+
+    @torch.no_grad()
+    def under_use() -> None:
+        with many.use(subnet):
+            many(**batch)
+
+    @torch.no_grad()
+    def plain_forward() -> None:
+        plain(**batch)
+
+    return under_use, plain_forward
+
+
+def forward_vs_plain(many, subnet, plain: torch.nn.Module, batch: dict, quick: bool) -> Paired:
+    """`forward_calls` timed by `interleaved`."""
+    repeats, warmup = (6, 1) if quick else (30, 3)
+    return interleaved(*forward_calls(many, subnet, plain, batch), repeats, warmup)
+
+
 def bert_config(quick: bool, **overrides) -> T.BertConfig:
     return T.BertConfig(**{**(BERT_QUICK if quick else BERT), **overrides})
 

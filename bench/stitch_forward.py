@@ -17,7 +17,7 @@ from torch import nn
 import sortednet as sn
 from sortednet.stitch.anchors import embeddings_of
 
-from .common import Result, build, interleaved, text_batch
+from .common import Result, build, forward_vs_plain, text_batch
 
 TARGET = 1.05
 
@@ -40,17 +40,7 @@ def _case(name: str, anchors: dict[str, nn.Module], member: str, batch: dict, qu
     with torch.no_grad(), stitched.use(chosen):
         torch.testing.assert_close(stitched(**batch).logits, plain(**batch).logits, rtol=0, atol=0)
 
-    @torch.no_grad()
-    def stitched_forward() -> None:
-        with stitched.use(chosen):
-            stitched(**batch)
-
-    @torch.no_grad()
-    def plain_forward() -> None:
-        plain(**batch)
-
-    repeats, warmup = (6, 1) if quick else (30, 3)
-    paired = interleaved(stitched_forward, plain_forward, repeats, warmup)
+    paired = forward_vs_plain(stitched, chosen, plain, batch, quick)
     return Result(
         f"stitch forward / plain blocks, {name}",
         paired.ratio,

@@ -5,12 +5,20 @@ The nested side includes entering and leaving `use()`, i.e. two switches per for
 
 from __future__ import annotations
 
-import torch
 import transformers as T
 
 import sortednet as sn
 
-from .common import Result, bert_config, build, interleaved, llama_config, shape_text, text_batch
+from .common import (
+    Result,
+    bert_config,
+    build,
+    forward_calls,
+    interleaved,
+    llama_config,
+    shape_text,
+    text_batch,
+)
 from .diagnose import ops_diff, top_ops
 
 TARGET = 1.05
@@ -23,15 +31,7 @@ def _case(
     small = nested.extract(subnet).eval()
     batch = text_batch(config, *batch_shape, labels=None)
 
-    @torch.no_grad()
-    def nested_forward() -> None:
-        with nested.use(subnet):
-            nested(**batch)
-
-    @torch.no_grad()
-    def small_forward() -> None:
-        small(**batch)
-
+    nested_forward, small_forward = forward_calls(nested, subnet, small, batch)
     repeats, warmup = (6, 1) if quick else (30, 3)
     paired = interleaved(nested_forward, small_forward, repeats, warmup)
     result = Result(
