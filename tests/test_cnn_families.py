@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers as T
-from tiny import STAGE_BUILDERS
+from tiny import STAGE_BUILDERS, assert_switching_copies_nothing
 
 import sortednet as sn
 from sortednet import conv_layers, testing
@@ -103,16 +103,7 @@ def test_channels_fraction_below_one_of_the_space_is_refused_by_the_spec():
 
 def test_switching_copies_and_allocates_nothing():
     nested = sn.nest(build("resnet"), SPACE)
-    before = [(p.data_ptr(), p.shape) for p in nested.parameters()]
-    for subnet in nested.space.subnets() * 2:
-        nested.activate(subnet)
-    assert [(p.data_ptr(), p.shape) for p in nested.parameters()] == before
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-    ) as prof:
-        for subnet in nested.space.subnets():
-            nested.activate(subnet)
-    assert sum(e.cpu_memory_usage for e in prof.key_averages() if e.cpu_memory_usage > 0) == 0
+    assert_switching_copies_nothing(nested, rounds=2)
 
 
 def test_unnest_gives_back_the_plain_model():

@@ -5,7 +5,16 @@ dimensions its family nests."""
 
 import pytest
 import torch
-from tiny import FAMILIES, build, exports_fewer_heads, family, inputs, output, space
+from tiny import (
+    FAMILIES,
+    assert_switching_copies_nothing,
+    build,
+    exports_fewer_heads,
+    family,
+    inputs,
+    output,
+    space,
+)
 
 import sortednet as sn
 
@@ -125,16 +134,7 @@ def test_gradients_reach_only_the_active_slices(name):
 
 def test_switching_copies_no_weights():
     nested, _, _ = nested_pair("llama")
-    before = [(p.data_ptr(), p.shape) for p in nested.parameters()]
-    for subnet in nested.space.subnets() * 3:
-        nested.activate(subnet)
-    assert [(p.data_ptr(), p.shape) for p in nested.parameters()] == before
-    with torch.profiler.profile(
-        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
-    ) as prof:
-        for subnet in nested.space.subnets():
-            nested.activate(subnet)
-    assert sum(e.cpu_memory_usage for e in prof.key_averages() if e.cpu_memory_usage > 0) == 0
+    assert_switching_copies_nothing(nested, rounds=3)
 
 
 def test_use_restores_the_previous_subnet():

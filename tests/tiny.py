@@ -1,4 +1,5 @@
-"""Tiny random models of every supported family (built with from_config, nothing downloaded), and inputs."""
+"""Tiny random models of every supported family (built with from_config, nothing downloaded), inputs, and the
+switching check the family tests share."""
 
 from __future__ import annotations
 
@@ -180,3 +181,17 @@ def digits_vit(layers: int = 3, ffn: int = 64, seed: int = 0) -> T.ViTForImageCl
         attention_probs_dropout_prob=0.0,
     )
     return T.ViTForImageClassification(config)
+
+
+def assert_switching_copies_nothing(nested: sn.NestedModel, rounds: int = 2) -> None:
+    """Cycling through every subnet leaves each parameter's storage and shape alone and allocates nothing."""
+    before = [(p.data_ptr(), p.shape) for p in nested.parameters()]
+    for subnet in nested.space.subnets() * rounds:
+        nested.activate(subnet)
+    assert [(p.data_ptr(), p.shape) for p in nested.parameters()] == before
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as prof:
+        for subnet in nested.space.subnets():
+            nested.activate(subnet)
+    assert sum(e.cpu_memory_usage for e in prof.key_averages() if e.cpu_memory_usage > 0) == 0
