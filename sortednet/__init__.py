@@ -1,19 +1,20 @@
 """sortednet: nested sub-networks for unmodified Hugging Face transformers models."""
 
+from .api import check_family, load, load_submodel, nest, read_metadata
 from .bn_calibration import calibrate
-from .checkpoint import read_metadata
-from .export import load_submodel
 from .importance import block_influence, reorder
-from .many import ManyInOne
-from .nest import NestedModel, nest
+from .many import ManyInOne, ManyInOneModel
+from .nest import NestedModel
 from .permute import apply_permutation
-from .restore import load
 from .spec import NestingSpace, Subnet
 from .stitch import Stitch, StitchConfig, StitchedModel, StitchSpace, stitch
+from .testing import FamilyCheckError
 
 __version__ = "0.1.0"
 __all__ = [
+    "FamilyCheckError",
     "ManyInOne",
+    "ManyInOneModel",
     "NestedModel",
     "NestingSpace",
     "Stitch",
@@ -24,6 +25,7 @@ __all__ = [
     "apply_permutation",
     "block_influence",
     "calibrate",
+    "check_family",
     "load",
     "load_submodel",
     "nest",

@@ -6,8 +6,7 @@ sets on a switch. At full width every wrapper calls its base layer, so the large
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -158,40 +157,24 @@ def _cut(bn: nn.BatchNorm2d, width: int) -> nn.BatchNorm2d:
     return new
 
 
-class StageBlocks(nn.ModuleList):
-    """A stage's block list that yields only its first `depth` blocks; int indexing and len() see all."""
-
-    def __init__(self, blocks: nn.Module) -> None:
-        super().__init__(list(blocks))
-        self.depth = len(self)
-
-    def __iter__(self) -> Iterator[nn.Module]:
-        return itertools.islice(iter(self._modules.values()), self.depth)
-
-    def every_block(self) -> list[nn.Module]:
-        return list(self._modules.values())
-
-    def __getitem__(self, idx):  # type: ignore[override]
-        if isinstance(idx, slice):
-            return list(self)[idx]
-        return super().__getitem__(idx)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # a Sequential's call (ResNet stages iterate instead)
-        for block in self:
-            x = block(x)
-        return x
-
-    def unnested(self, sequential: bool) -> nn.Module:
-        blocks = list(self._modules.values())
-        return nn.Sequential(*blocks) if sequential else nn.ModuleList(blocks)
-
-
 class ChannelScale:
     """Forward pre-hook on a block: its channel-wise scale parameter (ConvNeXt's layer scale) is read as the
     prefix of the block's input width; at full width the parameter itself."""
 
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def attach(self, module: nn.Module) -> Any:
+        """Register on `module`; the handle's `remove()` also drops a scale left shadowing the parameter."""
+        handle = module.register_forward_pre_hook(self)
+        name = self.name
+
+        class Handle:
+            def remove(self) -> None:
+                handle.remove()
+                module.__dict__.pop(name, None)
+
+        return Handle()
 
     def __call__(self, module: nn.Module, args: tuple) -> None:
         param = module._parameters.get(self.name)

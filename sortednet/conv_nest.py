@@ -14,9 +14,9 @@ training batches (US-Nets), kept in `bn_stats`, used under `use()` in eval, expo
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,20 +24,20 @@ import torch
 from torch import nn
 
 from . import hf
-from .checkpoint import write
 from .conv_layers import (
     ChannelLinear,
     ChannelScale,
     ChannelsFirstNorm,
     SlicedBatchNorm2d,
     SlicedConv2d,
-    StageBlocks,
 )
-from .export import build_submodel
+from .export import read_submodel
 from .families.stages import StageFamily
-from .layers import NestState, SlicedNorm
+from .layers import ROLES, LayerList, SlicedNorm, replace
 from .nest import NestedModel, original_key
 from .spec import NestingSpace, Subnet
+
+KIND = "stages"  # the checkpoint header's `kind` of a nested stage family
 
 BN_MODES = (
     "batch",
@@ -48,9 +48,20 @@ STATS_PREFIX = "bn_stats"  # stored calibrated statistics: bn_stats.<i>.<bn modu
 
 
 def nest_stages(
-    model: nn.Module, space: NestingSpace, family: StageFamily, bn: str | None = None
+    model: nn.Module,
+    space: NestingSpace,
+    family: StageFamily,
+    *,
+    pooling: str | None = None,
+    head: str | None = None,
+    bn: str | None = None,
+    verify: Any = None,
 ) -> ConvNestedModel:
     """`nest()` for a stage family; every value is checked before the model changes."""
+    if pooling or head not in (None, "shared"):
+        raise ValueError(
+            f"pooling/head options are for transformers; model family {family.name!r} takes neither"
+        )
     bn = bn or "batch"
     if bn not in BN_MODES:
         raise ValueError(f"bn={bn!r} is not known; allowed: {', '.join(BN_MODES)}")
@@ -64,6 +75,8 @@ def nest_stages(
         key: plan(type(model), model.config, family, full, dict(zip(PLAN_DIMS, key, strict=True)))
         for key in itertools.product(*(plan_values(bound, full, d) for d in PLAN_DIMS))
     }
+    if verify is not None:
+        verify(bound.dims)
     nested = ConvNestedModel(model, bound, family, full, plans, {"bn": bn} if bn != "batch" else {})
     bound.set_cost(nested.cost_fn())
     return nested
@@ -113,7 +126,10 @@ def plan(
 
 
 class ConvNestedModel(NestedModel):
-    """A stage-based vision model with sliceable convolutions; the NestedModel interface (use, extract, save)."""
+    """A stage-based vision model with sliceable convolutions, on NestedModel's skeleton (use, extract, save)."""
+
+    kind = KIND
+    generates = False
 
     def __init__(
         self,
@@ -124,36 +140,28 @@ class ConvNestedModel(NestedModel):
         plans: Mapping[tuple[int | None, ...], _Plan],
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        nn.Module.__init__(self)
-        self.model, self.space, self.family, self.full = model, space, family, dict(full)
-        self.options = dict(options or {})
-        self.state = NestState({r: 0 for r in ("depth", "hidden", "q", "kv", "ffn", "rank")})
-        self.metadata: dict[str, Any] = {}
+        self._plans = dict(plans)  # read by _inject, which NestedModel.__init__ calls
         self.bn_stats: dict[Subnet, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
-        self._plans = dict(plans)
-        self._switch_cache: dict[Any, tuple[Subnet, list[int], list[int]]] = {}
-        base_path = next(n for n, m in model.named_modules() if m is model.base_model)
-        self._stages_path = ".".join(p for p in (base_path, family.stages) if p)
-        self._sequential = False
-        self._inject()
-        self._active = space.normalize(space.largest)
+        super().__init__(model, space, family, full, options)
+
+    def _full_roles(self) -> dict[str, int]:
+        return {role: 0 for role in ROLES}  # the stage wrappers read their widths from `out`, not the state
 
     # ---- injection ----------------------------------------------------------------------------
     def _inject(self) -> None:
         model, family = self.model, self.family
-        stages = model.get_submodule(self._stages_path)
-        self.stage_blocks: list[StageBlocks] = []
-        self.depths = [len(getattr(stage, family.blocks)) for stage in stages]
-        for stage in stages:
-            blocks = getattr(stage, family.blocks)
-            self._sequential = isinstance(blocks, nn.Sequential)
-            wrapped = StageBlocks(blocks)
-            setattr(stage, family.blocks, wrapped)
-            self.stage_blocks.append(wrapped)
-            for block in wrapped.every_block():
+        base_path = next(n for n, m in model.named_modules() if m is model.base_model)
+        self._stages_path = ".".join(p for p in (base_path, family.stages) if p)
+        self.stage_blocks: list[LayerList] = []
+        for stage in model.get_submodule(self._stages_path):
+            blocks = LayerList(getattr(stage, family.blocks))
+            setattr(stage, family.blocks, blocks)
+            self.stage_blocks.append(blocks)
+            for block in blocks.every_layer():
                 for name in family.block_scales:
                     if isinstance(block._parameters.get(name), nn.Parameter):
-                        block.register_forward_pre_hook(ChannelScale(name))
+                        self._hooks.append(ChannelScale(name).attach(block))
+        self.depths = [len(blocks) for blocks in self.stage_blocks]
         private = self.options.get("bn") == "switchable"
         self.outs: list[tuple[str, nn.Module]] = []  # wrappers whose output width is set on a switch
         self.batch_norms: list[tuple[str, SlicedBatchNorm2d]] = []
@@ -175,7 +183,7 @@ class ConvNestedModel(NestedModel):
                 wrapped = ChannelsFirstNorm(module) if first else SlicedNorm(module)
             else:
                 continue
-            _replace(model, name, wrapped)
+            replace(model, name, wrapped)
         self._check_covered()
         self.train(model.training)  # the new wrappers take the model's mode (BatchNorm reads it)
 
@@ -199,37 +207,30 @@ class ConvNestedModel(NestedModel):
                     "module; declare it (block_scales) or nest a model without it"
                 )
 
-    def unnest(self) -> nn.Module:
-        self.activate(self.space.largest)
-        for name, module in list(self.model.named_modules()):
-            if isinstance(module, StageBlocks):
-                _replace(self.model, name, module.unnested(self._sequential))
-                for block in module.every_block():
-                    block._forward_pre_hooks.clear()
-            elif hasattr(module, "base_layer"):
-                _replace(self.model, name, module.base_layer)
-        return self.model
-
     # ---- switching ----------------------------------------------------------------------------
-    def activate(self, subnet: Subnet | str) -> Subnet:
-        """Sets each wrapper's output width and each stage's depth: ints only, no weight copied."""
-        cached = self._switch_cache.get(subnet)
-        if cached is None:
-            normal = self.space.normalize(Subnet.parse(subnet))
-            sizes = self.sizes(normal)
-            plan = self._plans[plan_key(self.full, sizes)]
-            outs = [plan.outs[name] for name, _ in self.outs]
-            depths = [min(sizes["depth"], d) for d in self.depths]
-            cached = self._switch_cache[subnet] = (normal, outs, depths)
-        self._active, outs, depths = cached
+    def _switch_plan(self, subnet: Subnet) -> Any:
+        """Each wrapper's output width and each stage's blocks that run: ints and references only."""
+        sizes = self.sizes(subnet)
+        plan = self._plans[plan_key(self.full, sizes)]
+        outs = [plan.outs[name] for name, _ in self.outs]
+        blocks = [
+            None if sizes["depth"] >= depth else tuple(stage.every_layer()[: sizes["depth"]])
+            for stage, depth in zip(self.stage_blocks, self.depths, strict=True)
+        ]
+        return subnet, outs, blocks
+
+    def _switch(self, plan: Any) -> None:
+        subnet, outs, blocks = plan
         for (_, module), width in zip(self.outs, outs, strict=True):
             module.__dict__["out"] = width
-        for blocks, depth in zip(self.stage_blocks, depths, strict=True):
-            blocks.__dict__["depth"] = depth
-        stats = self.bn_stats.get(self._active)
+        for stage, active in zip(self.stage_blocks, blocks, strict=True):
+            stage.active = active
+        stats = self.bn_stats.get(subnet)
         for name, bn in self.batch_norms:
             bn.stats = stats.get(name) if stats is not None else None
-        return self._active
+
+    def layer_host(self) -> None:
+        return None  # blocks change shape between stages: no per-layer influence
 
     # ---- sizes --------------------------------------------------------------------------------
     def cost_fn(self):
@@ -262,10 +263,6 @@ class ConvNestedModel(NestedModel):
             return np.asarray(out, dtype=np.float64)
 
         return cost
-
-    def apply_low_rank_info(self, info: Mapping[str, Mapping[str, Any]]) -> None:
-        if info:
-            raise ValueError(f"model family {self.family.name!r} has no factorised projections")
 
     # ---- BatchNorm statistics -----------------------------------------------------------------
     def bn_aliases(self, subnet: Subnet) -> dict[str, str]:
@@ -305,30 +302,14 @@ class ConvNestedModel(NestedModel):
         self.activate(self._active)
 
     # ---- export -------------------------------------------------------------------------------
-    def extract_plain(self, subnet: Subnet | str) -> nn.Module:
-        normal = self.space.normalize(Subnet.parse(subnet))
-        source = {**self.base_state_dict(), **self.stats_tensors()}
-        return build_submodel(
-            type(self.model),
-            self.model.config,
-            self.family,
-            self.full,
-            self.space.resolve(normal),
-            lambda key, idx: source[key][idx].clone(memory_format=torch.contiguous_format),
-            self.bn_aliases(normal),
-        )
+    def aliases(self, subnet: Subnet, keys: Any) -> dict[str, str]:
+        return self.bn_aliases(subnet)
 
-    def draft(self, subnet: Subnet | str) -> nn.Module:
-        raise ValueError(
-            f"draft() is for language models; model family {self.family.name!r} does not generate"
-        )
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {**self.base_state_dict(), **self.stats_tensors()}
 
     def header(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        calibrated = [str(s) for s in self.bn_stats]
-        return {**super().header(metadata), "bn_calibrated": calibrated}
-
-    def save(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
-        write(path, {**self.base_state_dict(), **self.stats_tensors()}, self.header(metadata))
+        return {**super().header(metadata), "bn_calibrated": [str(s) for s in self.bn_stats]}
 
 
 def stats_aliases(
@@ -353,11 +334,6 @@ def stats_aliases(
     return aliases
 
 
-def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, attr = path.rpartition(".")
-    setattr(root.get_submodule(parent_path) if parent_path else root, attr, new)
-
-
 def file_aliases(
     meta: Mapping[str, Any],
     config: Any,
@@ -380,3 +356,8 @@ def file_aliases(
         (meta.get("options") or {}).get("bn") == "switchable",
         calibrated.get(str(subnet)),
     )
+
+
+def read_stage_submodel(path: Path, meta: Mapping[str, Any], subnet: Subnet | str) -> nn.Module:
+    """The plain transformers model of one subnet of a stage-family checkpoint (its own BatchNorm statistics)."""
+    return read_submodel(path, meta, subnet, aliases_for=file_aliases)

@@ -8,17 +8,14 @@ tensor that is *replaced* (a new Parameter assigned) is no longer seen: build th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from . import hf
 from .heads import head_aliases
-from .spec import Subnet
-
-if TYPE_CHECKING:
-    from .nest import NestedModel
 
 ALLOWED = (
     "depth and ffn subnets; fewer heads where the family reads config.head_dim (llama, qwen2, mistral, vit, deit) "
@@ -26,25 +23,30 @@ ALLOWED = (
 )
 
 
-def draft(nested: NestedModel, subnet: Subnet | str) -> nn.Module:
-    """The plain model of `subnet` sharing storage with `nested` (frozen: requires_grad False, eval mode)."""
-    subnet = nested.space.normalize(Subnet.parse(subnet))
-    family, full = nested.family, nested.full
-    sizes = nested.space.resolve(subnet)
-    cls = type(nested.model)
+def draft(
+    cls: type,
+    config: Any,
+    family: Any,
+    full: Mapping[str, int],
+    sizes: Mapping[str, int],
+    source: Mapping[str, torch.Tensor],
+    name: str,
+    factorised: bool = False,
+) -> nn.Module:
+    """The plain model of one subnet (`sizes`) whose parameters are views of the nested tensors `source` (frozen:
+    requires_grad False). `name` is the subnet's spelling, for the messages."""
 
     def refuse(reason: str) -> ValueError:
-        return ValueError(f"draft({subnet}): {reason}; a draft is made of views, allowed: {ALLOWED}")
+        return ValueError(f"draft({name}): {reason}; a draft is made of views, allowed: {ALLOWED}")
 
-    if nested.low_rank_modules():
+    if factorised:
         raise refuse("factorised (rank) projections hold U and V, so the dense weight is not a view")
     try:
         family.check_export(full, sizes, cls.__name__)
     except ValueError as err:
         raise refuse(str(err).partition(";")[0]) from None
-    source = nested.base_state_dict()
     aliases = head_aliases(source, sizes.get("depth", full["depth"]))  # head=per_depth: this depth's copy
-    small = hf.empty_model(cls, family.sub_config(nested.model.config, full, sizes))
+    small = hf.empty_model(cls, family.sub_config(config, full, sizes))
 
     def view(key: str, shape: tuple[int, ...]) -> torch.Tensor:
         parts, axis = family.slices(key, shape, full, sizes)

@@ -1,13 +1,12 @@
 """Plain sub-models out of nested weights: the smaller config, each tensor cut by the family's slicing plan.
 
-`build_submodel` is shared by `NestedModel.extract` (tensors in memory) and `load_submodel` (slices read from a
-one-file checkpoint, nothing else read).
+`build_submodel` is shared by `NestedModel.extract` (tensors in memory) and `read_submodel` (slices read from a
+one-file checkpoint, nothing else read; `sortednet.load_submodel` calls it).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,10 @@ from safetensors import safe_open
 from torch import nn
 
 from . import hf
-from .checkpoint import family_of, read_metadata, resolve
-from .families import Family, StageFamily
+from .checkpoint import family_of
+from .families import Family
 from .heads import head_aliases
 from .layers import layer_rank
-from .pooling import pooled_refusal
 from .spec import NestingSpace, Subnet
 
 
@@ -79,17 +77,15 @@ def build_submodel(
     return hf.fill_model(small, read)
 
 
-def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
-    """The plain transformers model of one subnet, reading only that subnet's slices of the file."""
-    path = resolve(path)
-    meta = read_metadata(path)
-    if (meta.get("options") or {}).get("pooling") == "mean":
-        raise ValueError(pooled_refusal("load_submodel()", meta["model_class"]))
-    return read_submodel(path, meta, subnet)
-
-
-def read_submodel(path: Path, meta: Mapping[str, Any], subnet: Subnet | str) -> nn.Module:
-    """`load_submodel` without the pooling check (the model's own head reads [CLS])."""
+def read_submodel(
+    path: Path,
+    meta: Mapping[str, Any],
+    subnet: Subnet | str,
+    aliases_for: Callable[..., dict[str, str]] | None = None,
+) -> nn.Module:
+    """The plain transformers model of one subnet of a nested checkpoint, reading only that subnet's slices of
+    the file (the model's own head reads [CLS] even where it was trained pooling by mean). `aliases_for(meta,
+    config, family, full, sizes, subnet, keys)` adds a kind's own plain key -> stored key map."""
     config = hf.config_from_dict(meta["config"])
     family = family_of(meta)
     full = family.full_sizes(config)
@@ -100,10 +96,8 @@ def read_submodel(path: Path, meta: Mapping[str, Any], subnet: Subnet | str) -> 
     sizes = space.resolve(subnet)
     with safe_open(str(path), framework="pt") as f:
         aliases = {**meta.get("aliases", {}), **head_aliases(f.keys(), sizes.get("depth", full["depth"]))}
-        if isinstance(family, StageFamily):
-            from .conv_nest import file_aliases
-
-            aliases.update(file_aliases(meta, config, family, full, sizes, space.normalize(subnet), f.keys()))
+        if aliases_for is not None:
+            aliases.update(aliases_for(meta, config, family, full, sizes, space.normalize(subnet), f.keys()))
         return build_submodel(
             hf.model_class(meta["model_class"]),
             config,

@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from .families import Family, family_for
+from .many import ManyInOneModel
 from .permute import PERMUTABLE, Site, apply_permutation, layer_list, sites, target, unique
 from .spec import DIMENSIONS
-
-if TYPE_CHECKING:
-    from .nest import NestedModel
 
 METHODS = ("activation", "magnitude", "taylor")
 Batch = Mapping[str, Any]
@@ -246,18 +244,15 @@ def block_influence(model: nn.Module, batches: Iterable[Batch]) -> list[float]:
     """Per layer, 1 - cos(input, output) of its hidden states, averaged over (unpadded) tokens of `batches`.
 
     Small values mark layers that barely change the residual stream: cheap to cut with `depth` (ShortGPT's
-    block influence). Takes a plain, a nested (run at its largest subnet) or a stitched model (its largest anchor).
+    block influence). Takes a plain or a many-in-one model (run at its largest member: the layers of
+    `layer_host()`, a stitched model's largest anchor).
     """
-    from .nest import NestedModel
-    from .stitch import StitchedModel
-
-    if isinstance(model, NestedModel):
+    if isinstance(model, ManyInOneModel):
+        host = model.layer_host()
+        if host is None:
+            raise ValueError(f"block influence is for layer lists; a {type(model).__name__} has none")
         with model.use(model.space.largest):
-            return _block_influence(model.model, model.family, batches)
-    if isinstance(model, StitchedModel):  # its largest anchor's layers
-        with model.use(model.space.largest):
-            host = model.host_model
-            return _block_influence(host, family_for(host.config), batches)
+            return _block_influence(host[0], host[1], batches)
     return _block_influence(model, family_for(getattr(model, "config", None)), batches)
 
 
@@ -304,13 +299,15 @@ def _block_influence(model: nn.Module, family: Family, batches: Iterable[Batch])
     return [t / c if c else float("nan") for t, c in zip(totals, counts, strict=True)]
 
 
-def influence_record(nested: NestedModel, batches: Iterable[Mapping[str, Any]], what: str) -> dict[str, Any]:
+def influence_record(
+    model: ManyInOneModel, batches: Iterable[Mapping[str, Any]], what: str
+) -> dict[str, Any]:
     """Block influence of every layer (1 - cos(input, output)) on `batches` (labels dropped), as stored in the
     checkpoint metadata under "block_influence"."""
-    if not isinstance(getattr(nested, "family", None), Family):  # stage families: blocks change shape
+    if model.layer_host() is None:  # stage families: blocks change shape
         return {"values": [], "data": what, "batches": 0, "skipped": "per-layer influence is for layer lists"}
     batches = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
-    values = block_influence(nested, batches)
+    values = block_influence(model, batches)
     return {"values": [round(v, 6) for v in values], "data": what, "batches": len(batches)}
 
 

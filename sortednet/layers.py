@@ -7,7 +7,6 @@ less work. The input width is the width of what comes in; the output width is re
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
@@ -54,8 +53,14 @@ class NestState:
 
 
 class Wrapper(nn.Module):
-    """Attributes the wrapper lacks are read from `base_layer`, so model code that inspects it still works;
-    assigning one of the base layer's parameters (HF's tie_weights) assigns it on the base layer."""
+    """The base of every sortednet wrapper (as PEFT's BaseTunerLayer): the original module is `base_layer`, and
+    `unwrapped()` gives back the plain module. Attributes the wrapper lacks are read from `base_layer`, so model
+    code that inspects it still works; assigning one of the base layer's parameters (HF's tie_weights) assigns it
+    on the base layer."""
+
+    def unwrapped(self) -> nn.Module:
+        """The plain module this wrapper stands for, at full size."""
+        return self._modules["base_layer"]
 
     def __setattr__(self, name: str, value) -> None:
         base = self.__dict__.get("_modules", {}).get("base_layer")
@@ -178,6 +183,11 @@ class LowRankLinear(SlicedLinear):
         w = self.U[:, : self.cap] @ self.V[: self.cap]
         return w.t() if self.transposed else w
 
+    def unwrapped(self) -> nn.Module:
+        """The base layer with the factors fused back into one dense weight."""
+        self.base_layer.weight = nn.Parameter(self.dense_weight().detach().clone())
+        return self.base_layer
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r, widths, bias = self.rank(), self._block_widths(), self.base_layer.bias
         self.state.touch(self.V, (0, r), (0, x.shape[-1]))
@@ -193,31 +203,70 @@ class LowRankLinear(SlicedLinear):
         return f"{super().extra_repr()}, full_rank={self.full_rank}, cap={self.cap}"
 
 
-class NestedLayerList(nn.ModuleList):
-    """A layer list that yields only the first `state.depth` layers: skipped layers are never called.
+class LayerList(nn.ModuleList):
+    """A model's layer (or block) list that runs only the layers in `active` (None: all of them), in that order.
 
-    Indexing by int and `len()` see every layer (state dicts and introspection are unchanged); iterating,
-    and slicing as HF models do (`self.layers[: config.num_hidden_layers]`), see the active prefix.
+    The one layer list of every many-in-one kind: a nested model's depth (the kept layers), a stage's first
+    blocks, a stitch's route (the front anchor's first blocks, the stitching layer, the back anchor's last).
+    Setting `active` is the switch: a tuple of references, no module is copied. Indexing by int and `len()` see
+    the model's own layers (state dicts and introspection are unchanged); iterating, and slicing as HF models do
+    (`self.layers[: config.num_hidden_layers]`: the whole range means the whole route), see the active ones.
     """
 
-    def __init__(self, layers: nn.ModuleList, state: NestState) -> None:
+    def __init__(self, layers: nn.Module) -> None:
         super().__init__(list(layers))
-        self.state = state
+        self.active: tuple[nn.Module, ...] | None = None
+        self.container = type(layers)  # what `unwrapped()` gives back: ModuleList or Sequential
 
     def __iter__(self) -> Iterator[nn.Module]:
-        return itertools.islice(iter(self._modules.values()), self.state.depth)
+        active = self.active
+        return iter(self._modules.values()) if active is None else iter(active)
 
     def every_layer(self) -> list[nn.Module]:
-        """All layers, whatever the active depth."""
+        """The model's own layers, whatever is active."""
         return list(self._modules.values())
 
     def __getitem__(self, idx):  # type: ignore[override]
         if isinstance(idx, slice):
-            return list(self)[idx]
+            active = list(self)
+            if idx.indices(len(self._modules)) == (0, len(self._modules), 1):
+                return active
+            return active[idx]
         return super().__getitem__(idx)
 
-    def unnested(self) -> nn.ModuleList:
-        return nn.ModuleList(list(self._modules.values()))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # a Sequential's call (ConvNeXt's stages call theirs)
+        for layer in self:
+            x = layer(x)
+        return x
+
+    def unwrapped(self) -> nn.Module:
+        layers = self.every_layer()
+        return nn.Sequential(*layers) if issubclass(self.container, nn.Sequential) else nn.ModuleList(layers)
+
+
+def replace(root: nn.Module, path: str, new: nn.Module) -> None:
+    """Put `new` where `root.get_submodule(path)` was."""
+    parent_path, _, attr = path.rpartition(".")
+    setattr(root.get_submodule(parent_path) if parent_path else root, attr, new)
+
+
+def unwrap(root: nn.Module) -> nn.Module:
+    """Replace every sortednet wrapper and layer list under `root` by the plain module it stands for (innermost
+    first, so a wrapper inside a wrapper's copies goes too); returns `root`."""
+    for name, module in reversed(list(root.named_modules())):
+        if isinstance(module, (Wrapper, LayerList)) and name:
+            replace(root, name, module.unwrapped())
+    return root
+
+
+def inside(root: nn.Module, path: str, kinds: tuple[type, ...]) -> bool:
+    """Whether the module at `path` lies inside a module of one of `kinds` (then it is that module's concern)."""
+    module = root
+    for part in path.split(".")[:-1] if path else []:
+        module = getattr(module, part)
+        if isinstance(module, kinds):
+            return True
+    return False
 
 
 class SlicedNorm(Wrapper):

@@ -1,10 +1,15 @@
-"""nest(): inject sliceable layers into an unmodified model; NestedModel: switch, extract, save."""
+"""NestedModel: a transformers model with sliceable layers; `use(subnet)` picks the sub-model that runs.
+
+The mechanism of the nested kinds. `nest_layers()` injects the wrappers of a layer family (BERT, GPT-2, LLaMA,
+ViT, ...) into the unmodified model; sortednet.conv_nest does the same for stage families (ResNet, ConvNeXt,
+Swin) on this class's skeleton. The public `sortednet.nest` (sortednet.api) looks the family up, runs the quick
+check of an unverified family and dispatches to one of them.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,74 +17,52 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from . import hf
-from .checkpoint import write
+from .checkpoint import damaged
 from .cost import param_cost_fn
+from .draft import draft
 from .export import build_submodel, factorized_ranks
-from .families import Family, StageFamily, family_for
+from .families import Family
 from .heads import DepthHeads, check_head, head_aliases
 from .heads import apply as apply_heads
 from .layers import (
     FIXED,
+    LayerList,
     LowRankLinear,
-    NestedLayerList,
     NestState,
     SlicedEmbedding,
     SlicedLinear,
     SlicedNorm,
     SlicedOutput,
+    inside,
+    replace,
+    unwrap,
 )
+from .many import ManyInOneModel
 from .pooling import apply as apply_pooling
 from .pooling import check_pooling, pooled_refusal
 from .spec import NestingSpace, Subnet
 
-WRAPPERS = (SlicedLinear, SlicedNorm, SlicedEmbedding, SlicedOutput)
+KIND = "nested"  # the checkpoint header's `kind` of a nested layer family
+SLICING = (SlicedLinear, SlicedNorm, SlicedEmbedding, SlicedOutput)  # wrappers that cut what they wrap
 
 
-def nest(
+def nest_layers(
     model: nn.Module,
-    space: NestingSpace | str | Mapping[str, Any],
+    space: NestingSpace,
+    family: Family,
     *,
-    family: Family | None = None,
-    check: bool | None = None,
     pooling: str | None = None,
     head: str | None = None,
     bn: str | None = None,
+    verify: Callable[[tuple[str, ...]], None] | None = None,
 ) -> NestedModel:
-    """Wrap `model` in place so that every subnet of `space` can run; at the largest it is unchanged.
-
-    `pooling="mean"`: the model's own first-token head (BERT's pooler, RoBERTa's classification head) reads the
-    masked mean of the last hidden states instead of [CLS] (sortednet.pooling), for encoders trained that way.
-
-    `head="per_depth"`: every depth of the space gets its own copy of the head (sortednet.heads); a sub-model
-    counts and exports only its own.
-
-    `family` defaults to the one registered for `config.model_type`. A family not marked `verified` is first
-    checked on a tiny random model of the same class (`sortednet.testing.quick_check`, well under a second,
-    once per process); `check=True` runs that check for any family, `check=False` skips it.
-
-    Stage-based vision families (ResNet, ConvNeXt) nest `channels` and per-stage `depth` (sortednet.conv_nest);
-    `bn="switchable"` gives each smaller width its own BatchNorm (Slimmable), else calibrate the statistics of
-    each subnet with `sortednet.calibrate` (US-Nets)."""
-    if isinstance(model, NestedModel) or any(isinstance(m, SlicedLinear) for m in model.modules()):
-        raise ValueError("model is already nested; nest the original model once (or call unnest() first)")
-    if not isinstance(space, NestingSpace):
-        space = NestingSpace.parse(space) if isinstance(space, str) else NestingSpace(dict(space))
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(model, "base_model"):
-        raise ValueError(f"nest() takes a transformers PreTrainedModel; got {type(model).__name__}")
-    family = family or family_for(config)
-    if isinstance(family, StageFamily):
-        from .conv_nest import nest_stages
-
-        if pooling or head not in (None, "shared"):
-            raise ValueError(
-                f"pooling/head options are for transformers; model family {family.name!r} takes neither"
-            )
-        return nest_stages(model, space, family, bn)
+    """Nest a transformers model of a layer family; every value is checked, then `verify(dims)` runs (the quick
+    check of an unverified family), then the model is changed."""
     if bn is not None:
         raise ValueError(
             f"bn={bn!r} is for BatchNorm networks; model family {family.name!r} has no BatchNorm"
         )
+    config = model.config
     full = family.full_sizes(config)
     if "rank" in space.dims:
         layer = model.base_model.get_submodule(family.layers)[0]
@@ -89,11 +72,9 @@ def nest(
     bound = space.bind(full, lambda d, v: family.resolve(full, d, v), None)  # every check, before any change
     reader = check_pooling(model, pooling)
     check_head(model, head, bound.dims, reader)
-    if check or (check is None and not family.verified):
-        from .testing import quick_check
-
-        quick_check(family, model, bound.dims)
-    options = {"pooling": pooling} if pooling == "mean" else {}
+    if verify is not None:
+        verify(bound.dims)
+    options: dict[str, Any] = {"pooling": pooling} if pooling == "mean" else {}
     if head == "per_depth":
         options["head"] = head
     nested = NestedModel(model, bound, family, full, options)
@@ -101,14 +82,20 @@ def nest(
     return nested
 
 
-class NestedModel(nn.Module):
-    """An unmodified transformers model with sliceable layers; `use(subnet)` picks the sub-model that runs."""
+class NestedModel(ManyInOneModel):
+    """An unmodified transformers model with sliceable layers; `use(subnet)` picks the sub-model that runs.
+
+    The skeleton of both nested kinds: a subclass changes what is injected (`_inject`), what a switch sets
+    (`_switch_plan`, `_switch`), what a sub-model's keys read (`aliases`) and what is stored beside the weights."""
+
+    kind = KIND
+    generates = True  # draft() makes sense: a language model's sub-model can be a speculative-decoding draft
 
     def __init__(
         self,
         model: nn.Module,
         space: NestingSpace,
-        family: Family,
+        family: Any,
         full: Mapping[str, int],
         options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -118,27 +105,32 @@ class NestedModel(nn.Module):
         self.space = space
         self.family = family
         self.full = dict(full)
-        self.state = NestState(family.role_sizes(full, {}))
-        self.metadata: dict[str, Any] = {}  # carried into the one-file checkpoint (run config, eval table)
-        self._patched: list[tuple[nn.Module, str, str]] = []
-        self._switch_cache: dict[Subnet | str, tuple[Subnet, dict[str, int]]] = {}
-        reader = check_pooling(model, self.options.get("pooling"))
-        heads = check_head(model, self.options.get("head"), space.dims, reader)
-        if heads:  # before the wrappers, so that hidden slicing wraps every copy
-            depths = space.absolute("depth")
-            apply_heads(model, heads, self.state, depths, max(depths))
+        self.state = NestState(self._full_roles())
+        self._hooks: list[Any] = []  # handles of the hooks sortednet registered (unnest removes only these)
+        self._switch_cache: dict[Any, tuple[Subnet, Any]] = {}
         self._inject()
-        if reader:
-            apply_pooling(model, reader)
-        self._active = space.normalize(space.largest)
+        self._active = self.activate(space.largest)
+
+    def _full_roles(self) -> dict[str, int]:
+        return self.family.role_sizes(self.full, {})
 
     # ---- injection ----------------------------------------------------------------------------
     def _inject(self) -> None:
+        reader = check_pooling(self.model, self.options.get("pooling"))
+        heads = check_head(self.model, self.options.get("head"), self.space.dims, reader)
+        if heads:  # before the wrappers, so that hidden slicing wraps every copy
+            depths = self.space.absolute("depth")
+            apply_heads(self.model, heads, self.state, depths, max(depths))
+        self._inject_layers()
+        if reader:
+            self._hooks.extend(apply_pooling(self.model, reader))
+
+    def _inject_layers(self) -> None:
         base = self.model.base_model
-        parent_path, _, name = self.family.layers.rpartition(".")
-        parent = base.get_submodule(parent_path) if parent_path else base
-        layers = NestedLayerList(getattr(parent, name), self.state)
-        setattr(parent, name, layers)
+        layers = LayerList(base.get_submodule(self.family.layers))
+        replace(base, self.family.layers, layers)
+        self.__dict__["_layers"] = layers  # not a submodule of this module: it lives in the model
+        self._patched: list[tuple[nn.Module, str, str]] = []
         full_roles = self.family.role_sizes(self.full, {})
         low_rank = (
             set(self.family.rank_targets(self.space.rank_targets)) if "rank" in self.space.dims else set()
@@ -146,20 +138,18 @@ class NestedModel(nn.Module):
         absolute = bool(low_rank) and isinstance(self.space.values["rank"][0], int)
         for layer in layers.every_layer():
             for path, proj in self.family.layer_projections(layer).items():
-                owner_path, _, attr = path.rpartition(".")
-                owner = layer.get_submodule(owner_path) if owner_path else layer
                 blocks, offset = [], 0
                 for role in proj.out_roles:
                     blocks.append((offset, role))
                     offset += full_roles[role]
-                base = getattr(owner, attr)
+                base_layer = layer.get_submodule(path)
                 if path in low_rank:
                     wrapped = LowRankLinear(
-                        base, self.state, blocks, proj.in_role, self.full["rank"], absolute
+                        base_layer, self.state, blocks, proj.in_role, self.full["rank"], absolute
                     )
                 else:
-                    wrapped = SlicedLinear(base, self.state, blocks, proj.in_role)
-                setattr(owner, attr, wrapped)
+                    wrapped = SlicedLinear(base_layer, self.state, blocks, proj.in_role)
+                replace(layer, path, wrapped)
             for path, role in self.family.layer_attrs.items():
                 owner_path, _, attr = path.rpartition(".")
                 self._patched.append((layer.get_submodule(owner_path), attr, role))
@@ -170,62 +160,52 @@ class NestedModel(nn.Module):
         """The residual width shrinks: embeddings, norms and every projection outside the layers follow it."""
         hidden, base = self.full["hidden"], self.model.base_model
         for path in self.family.hidden_outputs:
-            _replace(base, path, SlicedOutput(base.get_submodule(path), self.state))
+            replace(base, path, SlicedOutput(base.get_submodule(path), self.state))
         for name, module in list(self.model.named_modules()):
-            if _inside_wrapper(self.model, name):
+            if inside(self.model, name, SLICING):
                 continue
             if isinstance(module, nn.Embedding) and module.embedding_dim == hidden:
-                _replace(self.model, name, SlicedEmbedding(module, self.state))
+                replace(self.model, name, SlicedEmbedding(module, self.state))
             elif is_norm(module) and tuple(module.weight.shape) == (hidden,):
-                _replace(self.model, name, SlicedNorm(module, self.state))
+                replace(self.model, name, SlicedNorm(module, self.state))
             elif isinstance(module, (nn.Linear, Conv1D)):
                 out = module.weight.shape[1 if isinstance(module, Conv1D) else 0]
                 role = "hidden" if out == hidden else FIXED
-                _replace(self.model, name, SlicedLinear(module, self.state, [(0, role)], "hidden"))
+                replace(self.model, name, SlicedLinear(module, self.state, [(0, role)], "hidden"))
 
     def unnest(self) -> nn.Module:
-        """Remove the wrappers and give back the plain full model (like PEFT's merge_and_unload); with a head
-        per depth, the largest depth's head."""
+        """Remove the wrappers and the hooks sortednet added and give back the plain full model (like PEFT's
+        merge_and_unload); with a head per depth, the largest depth's head."""
         self._refuse_pooled("unnest()")
         self.activate(self.space.largest)
-        for name, module in list(self.model.named_modules()):
-            if isinstance(module, LowRankLinear):  # fuse the factors back into one dense weight
-                module.base_layer.weight = nn.Parameter(module.dense_weight().detach().clone())
-            if isinstance(module, WRAPPERS):
-                _replace(self.model, name, module.base_layer)
-            elif isinstance(module, NestedLayerList):
-                _replace(self.model, name, module.unnested())
-        for name, module in list(self.model.named_modules()):  # per-depth heads: the full depth's stays
-            if isinstance(module, DepthHeads):
-                _replace(self.model, name, module.base_layer)
-        return self.model
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        return unwrap(self.model)
 
     # ---- switching ----------------------------------------------------------------------------
-    @property
-    def active(self) -> Subnet:
-        return self._active
-
     def activate(self, subnet: Subnet | str) -> Subnet:
-        """Make `subnet` the one that runs: sets a few ints, copies and allocates no weights."""
+        """Make `subnet` the one that runs: sets a few ints and references, copies and allocates no weights."""
         cached = self._switch_cache.get(subnet)
         if cached is None:
             normal = self.space.normalize(Subnet.parse(subnet))
-            cached = (normal, self.family.role_sizes(self.full, self.space.resolve(normal)))
-            self._switch_cache[subnet] = cached
-        self._active, roles = cached
-        self.state.set(roles)
-        for module, attr, role in self._patched:
-            module.__dict__[attr] = roles[role]  # a plain int: skip nn.Module.__setattr__'s checks (hot path)
+            cached = self._switch_cache[subnet] = (normal, self._switch_plan(normal))
+        self._active, plan = cached
+        self._switch(plan)
         return self._active
 
-    @contextmanager
-    def use(self, subnet: Subnet | str) -> Iterator[NestedModel]:
-        previous = self._active
-        self.activate(subnet)
-        try:
-            yield self
-        finally:
-            self.activate(previous)
+    def _switch_plan(self, subnet: Subnet) -> Any:
+        """What a switch to `subnet` sets (computed once per subnet): the role widths and the layers that run."""
+        roles = self.family.role_sizes(self.full, self.space.resolve(subnet))
+        layers = self._layers.every_layer()
+        return roles, None if roles["depth"] == len(layers) else tuple(layers[: roles["depth"]])
+
+    def _switch(self, plan: Any) -> None:
+        roles, layers = plan
+        self.state.set(roles)
+        self._layers.active = layers
+        for module, attr, role in self._patched:
+            module.__dict__[attr] = roles[role]  # a plain int: skip nn.Module.__setattr__'s checks (hot path)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -241,15 +221,23 @@ class NestedModel(nn.Module):
         """Absolute size of every dimension (full size where the space does not nest it)."""
         return {**self.full, **self.space.resolve(subnet)}
 
-    def num_params(self, subnet: Subnet | str) -> int:
-        return int(self.space.cost(subnet))
+    def layer_host(self) -> tuple[nn.Module, Any] | None:
+        return self.model, self.family
 
-    # ---- export -------------------------------------------------------------------------------
+    def summary(self) -> list[tuple[str, str]]:
+        config = self.model.config
+        sizes = ", ".join(f"{d}={v}" for d, v in self.full.items())
+        dims = "  ".join(f"{d}={list(v)}" for d, v in self.space.values.items())
+        return [
+            ("base model", f"{type(self.model).__name__} ({config.model_type}): {sizes}"),
+            ("nesting space", f"{dims}  ->  {len(self.space)} sub-models"),
+        ]
+
+    # ---- weights ------------------------------------------------------------------------------
     def base_state_dict(self) -> dict[str, torch.Tensor]:
         """The wrapped model's tensors under the original model's keys (no `base_layer`)."""
         return {original_key(k): v for k, v in self.model.state_dict().items()}
 
-    # ---- low rank -----------------------------------------------------------------------------
     def low_rank_modules(self) -> dict[str, LowRankLinear]:
         """Factorised projections under their original-model names."""
         return {original_key(n): m for n, m in self.model.named_modules() if isinstance(m, LowRankLinear)}
@@ -262,10 +250,22 @@ class NestedModel(nn.Module):
         }
 
     def apply_low_rank_info(self, info: Mapping[str, Mapping[str, Any]]) -> None:
+        if not info:
+            return
         modules = self.low_rank_modules()
         for name, entry in info.items():
+            if name not in modules:
+                raise ValueError(f"low_rank: {name} is not a factorised projection of this model")
             modules[name].cap = int(entry["cap"])
         self.space.set_cost(param_cost_fn(self))
+
+    def read_stats(self, get: Callable[[str], torch.Tensor], meta: Mapping[str, Any], keys: Any) -> None:
+        """Read what the kind stores beside the weights from a checkpoint (`get(key)` reads a tensor)."""
+
+    # ---- export -------------------------------------------------------------------------------
+    def aliases(self, subnet: Subnet, keys: Iterable[str]) -> dict[str, str]:
+        """Plain sub-model key -> stored key where they differ (a head per depth: this depth's copy)."""
+        return head_aliases(keys, self.sizes(subnet)["depth"])
 
     def extract(self, subnet: Subnet | str) -> nn.Module:
         """A plain transformers model of the same class, with the subnet's config and cloned weights.
@@ -276,8 +276,9 @@ class NestedModel(nn.Module):
     def extract_plain(self, subnet: Subnet | str) -> nn.Module:
         """`extract()` without the pooling check: with pooling="mean" the model's own head reads [CLS] (for the
         exact form, see sortednet.sentence_export)."""
-        source = self.base_state_dict()
-        sizes = self.space.resolve(subnet)
+        normal = self.space.normalize(Subnet.parse(subnet))
+        source = self.tensors()
+        sizes = self.space.resolve(normal)
         return build_submodel(
             type(self.model),
             self.model.config,
@@ -285,7 +286,7 @@ class NestedModel(nn.Module):
             self.full,
             sizes,
             lambda key, idx: source[key][idx].clone(memory_format=torch.contiguous_format),
-            head_aliases(source, self.sizes(subnet)["depth"]),
+            self.aliases(normal, source),
             factorized=factorized_ranks(self.low_rank_info(), self.full, sizes, self.space),
         )
 
@@ -296,14 +297,27 @@ class NestedModel(nn.Module):
     def draft(self, subnet: Subnet | str) -> nn.Module:
         """A plain transformers model of `subnet` whose weights are views of this model's (no copy), e.g. the
         draft for self-speculative decoding: `nested.generate(ids, assistant_model=nested.draft(sub))`."""
-        from .draft import draft
-
+        if not self.generates:
+            raise ValueError(
+                f"draft() is for language models; model family {self.family.name!r} does not generate"
+            )
         self._refuse_pooled("draft()")
-        return draft(self, subnet)
+        subnet = self.space.normalize(Subnet.parse(subnet))
+        return draft(
+            type(self.model),
+            self.model.config,
+            self.family,
+            self.full,
+            self.space.resolve(subnet),
+            self.base_state_dict(),
+            str(subnet),
+            factorised=bool(self.low_rank_modules()),
+        )
 
     def header(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """What the one-file checkpoint's header records beside the tensors (`sortednet.checkpoint`)."""
         return {
+            "kind": self.kind,
             "model_class": hf.class_path(self.model),
             "config": self.model.config.to_dict(),
             "space": self.space.to_dict(),
@@ -314,23 +328,45 @@ class NestedModel(nn.Module):
             **(metadata or {}),
         }
 
-    def save(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
-        """Write every sub-model into one safetensors file (see `sortednet.load`)."""
-        write(path, self.base_state_dict(), self.header(metadata))
+
+# what a nested checkpoint's header must hold: field -> the types it may have
+HEADER_FIELDS: dict[str, tuple[type, ...]] = {
+    "model_class": (str,),
+    "config": (dict,),
+    "space": (dict,),
+    "aliases": (dict,),
+    "low_rank": (dict,),
+}
+OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
+    "eval_table": (list,),
+    "train_config": (dict,),
+    "global_step": (int,),
+    "options": (dict,),
+    "nonfinite": (list,),
+    "family": (dict,),
+    "permutation": (dict,),
+    "block_influence": (dict,),
+}
 
 
-def _replace(root: nn.Module, path: str, new: nn.Module) -> None:
-    parent_path, _, attr = path.rpartition(".")
-    setattr(root.get_submodule(parent_path) if parent_path else root, attr, new)
-
-
-def _inside_wrapper(root: nn.Module, path: str) -> bool:
-    module = root
-    for part in path.split(".")[:-1] if path else []:
-        module = getattr(module, part)
-        if isinstance(module, WRAPPERS):
-            return True
-    return False
+def check_header(path: Path, meta: Mapping[str, Any]) -> None:
+    """The fields a nested checkpoint needs, each of the right type (one line naming the first that is not)."""
+    for fields, required in ((HEADER_FIELDS, True), (OPTIONAL_FIELDS, False)):
+        for name, types in fields.items():
+            if name not in meta and not required:
+                continue
+            if not isinstance(meta.get(name), types) or (
+                name == "global_step" and isinstance(meta[name], bool)
+            ):
+                allowed = " or ".join(t.__name__ for t in types)
+                found = type(meta.get(name)).__name__ if name in meta else "missing"
+                raise damaged(path, f"field {name!r} is {found}, expected {allowed}")
+    if not isinstance(meta["config"].get("model_type"), str):
+        raise damaged(path, "config has no model_type")
+    try:
+        NestingSpace.from_dict(meta["space"])
+    except (ValueError, TypeError) as err:
+        raise damaged(path, f"space: {err}") from None
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -341,3 +377,7 @@ def is_norm(module: nn.Module) -> bool:
 def original_key(name: str) -> str:
     """A wrapped model's parameter or module name under the original model's (every `base_layer` dropped)."""
     return ".".join(part for part in name.split(".") if part != "base_layer")
+
+
+def depth_heads(model: nn.Module) -> list[DepthHeads]:
+    return [m for m in model.modules() if isinstance(m, DepthHeads)]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,9 +20,7 @@ from transformers.pytorch_utils import Conv1D
 
 from .families import Family, family_for
 from .layers import SlicedLinear
-
-if TYPE_CHECKING:
-    from .nest import NestedModel
+from .nest import NestedModel, is_norm
 
 PERMUTABLE = ("ffn", "heads", "hidden")
 ROLE_GROUP = {"ffn": "ffn", "q": "heads", "kv": "heads", "hidden": "hidden"}
@@ -56,8 +54,6 @@ class Site:
 def target(model: nn.Module, what: str) -> tuple[nn.Module, Family, NestedModel | None]:
     """The transformers model to permute, its family, and the NestedModel around it if there is one. A nested
     model is permuted through its wrappers (they hold the very same parameters), before training."""
-    from .nest import NestedModel
-
     if isinstance(model, NestedModel):
         if model.low_rank_modules():
             raise ValueError(
@@ -73,7 +69,7 @@ def target(model: nn.Module, what: str) -> tuple[nn.Module, Family, NestedModel 
 
 
 def layer_list(model: nn.Module, family: Family) -> list[nn.Module]:
-    """Every layer (a NestedLayerList iterates only the active ones)."""
+    """Every layer (a LayerList iterates only the active ones)."""
     layers = model.base_model.get_submodule(family.layers)
     return [layers[i] for i in range(len(layers))]
 
@@ -124,8 +120,6 @@ def _unwrapped(module: nn.Module) -> nn.Module:
 
 def _hidden_sites(model: nn.Module, family: Family, hidden: int, skip: set[int]) -> list[Site]:
     """Every tensor axis outside the layer projections that `hidden` nesting cuts (see NestedModel._inject_hidden)."""
-    from .nest import is_norm
-
     found: list[Site] = []
 
     def add(module: nn.Module, attr: str, name: str, axis: int, is_input: bool = False) -> None:

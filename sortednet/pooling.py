@@ -65,8 +65,9 @@ def check_pooling(model: nn.Module, pooling: str | None) -> str | None:
     return path
 
 
-def apply(model: nn.Module, path: str) -> MeanPooling:
-    """Wrap the first-token reader at `path` and feed it the attention mask of every forward."""
+def apply(model: nn.Module, path: str) -> list[Any]:
+    """Wrap the first-token reader at `path` and feed it the attention mask of every forward; returns the
+    handles of the two hooks that do it."""
     parent_path, _, attr = path.rpartition(".")
     parent = model.get_submodule(parent_path) if parent_path else model
     pooling = MeanPooling(getattr(parent, attr))
@@ -83,9 +84,10 @@ def apply(model: nn.Module, path: str) -> MeanPooling:
 
     # every forward of the encoder sets the mask (None without one); RoBERTa's head runs after the encoder
     # returns, so the mask is dropped only when the whole model returns
-    encoder.register_forward_pre_hook(capture, with_kwargs=True)
-    model.register_forward_hook(release, with_kwargs=True)
-    return pooling
+    return [
+        encoder.register_forward_pre_hook(capture, with_kwargs=True),
+        model.register_forward_hook(release, with_kwargs=True),
+    ]
 
 
 def pooled_refusal(what: str, class_name: str) -> str:

@@ -14,6 +14,10 @@ On a tiny random model of the architecture, for subnets of every nested dimensio
   `rank`: each projection at rank r equals the reference whose weights are their own rank-r SVD.
 A cheap form (`quick_check`: two layers, the largest and the smallest subnet, no generation, no files) runs
 inside `nest()` for a family not marked `verified`.
+
+The public entry is `sortednet.check_family` (sortednet.api), which picks the check of the family's kind
+(this module: layer families; sortednet.testing_stages: stage families) and hands it the kind's own nest, load
+and read functions, so that the checks never import the entry points they check.
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ import transformers
 from torch import nn
 
 from . import reference as ref
-from .families import Family, StageFamily, family_for
+from .checkpoint import family_of, read_metadata
+from .families import Family
+from .many import Kind
 from .spec import NestingSpace, Subnet
 
-__all__ = ["FamilyCheckError", "FamilyReport", "check_family", "quick_check"]
+__all__ = ["FamilyCheckError", "FamilyReport", "check_layers", "quick_check"]
 
 TOLERANCE = 1e-5  # max abs difference allowed between a sub-model and its reference (fp32)
 # factorised projections run U[:, :r] (V[:r] x), the reference (U S)[:, :r] Vh[:r] x: rounding differs
@@ -67,43 +73,27 @@ class FamilyReport:
         return text + "".join(f"; skipped {s}" for s in self.skipped)
 
 
-def check_family(
-    config_or_model_type: Any,
-    dims: Iterable[str] | None = None,
-    *,
-    family: Family | None = None,
-    model_class: type | None = None,
-    seed: int = 0,
+def check_layers(
+    config: Any,
+    family: Family,
+    cls: type,
+    dims: Iterable[str] | None,
+    seed: int,
+    kind: Kind,
     **config_overrides: Any,
 ) -> FamilyReport:
-    """Check `family` (default: the registered one) on a tiny random model built from a config object or a
-    `model_type` string; `dims` defaults to every dimension the family nests. Config overrides (e.g.
-    `sliding_window=4`) are applied to the tiny config. Raises FamilyCheckError (one line) on the first
-    failure; returns the measured differences."""
-    config = _base_config(config_or_model_type)
-    family = family or family_for(config)
-    cls = model_class or ref.default_model_class(config)
-    if isinstance(family, StageFamily):  # vision stages: channels, per-stage depth, ffn (testing_stages)
-        from .testing_stages import check_stage_family
-
-        dims = tuple(family.dims if dims is None else dims)
-        for dim in dims:
-            family.check_dim(dim)
-        start = time.perf_counter()
-        diffs, n = check_stage_family(config, family, cls, dims, seed)
-        report = FamilyReport(family.name, cls.__name__, dims, subnets=n, diffs=diffs)
-        report.seconds = time.perf_counter() - start
-        return report
+    """The full check of a layer family on a tiny random model built from `config` (overrides such as
+    `sliding_window=4` applied to the tiny config); `dims` defaults to every dimension the family nests. Raises
+    FamilyCheckError (one line) on the first failure; returns the measured differences."""
     dims = _checked_dims(family, dims)
-    return _Checker(family, cls, config, depth=4, seed=seed, overrides=config_overrides).run(
-        dims, quick=False
-    )
+    checker = _Checker(family, cls, config, kind, depth=4, seed=seed, overrides=config_overrides)
+    return checker.run(dims, quick=False)
 
 
 _QUICK_RESULTS: dict[str, str | None] = {}
 
 
-def quick_check(family: Family, model: nn.Module, dims: Iterable[str]) -> None:
+def quick_check(family: Family, model: nn.Module, dims: Iterable[str], kind: Kind) -> None:
     """The cheap form of check_family that `nest()` runs for a family not marked verified: a two-layer tiny
     model of the same class and config, the largest and the smallest subnet. Once per process per family,
     class, config and dimensions."""
@@ -112,7 +102,7 @@ def quick_check(family: Family, model: nn.Module, dims: Iterable[str]) -> None:
     key = json.dumps([family.to_dict(), type(model).__name__, dims, config], sort_keys=True, default=str)
     if key not in _QUICK_RESULTS:
         try:
-            _Checker(family, type(model), model.config, depth=2, seed=0).run(dims, quick=True)
+            _Checker(family, type(model), model.config, kind, depth=2, seed=0).run(dims, quick=True)
             _QUICK_RESULTS[key] = None
         except FamilyCheckError as err:
             _QUICK_RESULTS[key] = (
@@ -123,7 +113,8 @@ def quick_check(family: Family, model: nn.Module, dims: Iterable[str]) -> None:
         raise FamilyCheckError(_QUICK_RESULTS[key])
 
 
-def _base_config(source: Any) -> Any:
+def base_config(source: Any) -> Any:
+    """A transformers config from a config object or a `model_type` string (one-line FamilyCheckError)."""
     if isinstance(source, str):
         try:
             config = transformers.AutoConfig.for_model(source)
@@ -155,11 +146,12 @@ class _Checker:
         family: Family,
         cls: type,
         config: Any,
+        kind: Kind,
         depth: int,
         seed: int,
         overrides: Mapping[str, Any] | None = None,
     ) -> None:
-        self.family, self.cls, self.seed = family, cls, seed
+        self.family, self.cls, self.kind, self.seed = family, cls, kind, seed
         try:
             self.config, self.full = ref.tiny_config(config, family, depth, overrides or {})
         except Exception as err:
@@ -225,10 +217,8 @@ class _Checker:
         return NestingSpace({d: [smaller[d], full[d]] for d in dims})
 
     def check_nested(self, dims: tuple[str, ...], quick: bool) -> None:
-        from .nest import nest
-
         self.stage = "nest()"
-        nested = nest(self.model, self.space(dims), family=self.family, check=False)
+        nested = self.kind.nest(self.model, self.space(dims), self.family)
         self.stage = "largest subnet vs the original model"
         self.compare("largest vs original", ref.output(nested, self.batch), self.original, 0.0)
         subnets = [nested.space.smallest] if quick else nested.space.subnets()[:-1]
@@ -280,18 +270,15 @@ class _Checker:
             self.report.record("generate mismatches", 0.0)
 
     def check_round_trip(self, nested: Any, subnets: list[Subnet]) -> None:
-        from .checkpoint import family_of, read_metadata
-        from .export import load_submodel
-        from .restore import load
-
         exportable = [s for s in subnets if ref.expressible(self.family, self.full, self.sizes(s))]
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "family.safetensors"
             self.stage = "save() and load()"
             nested.save(path)
-            if family_of(read_metadata(path)) != self.family:
+            meta = read_metadata(path)
+            if family_of(meta) != self.family:
                 raise self.fail("the checkpoint header does not give back the family")
-            loaded = load(path)
+            loaded = self.kind.load(path, meta)
             for subnet in [nested.space.largest, *subnets[:1]]:
                 self.stage = f"subnet {subnet} after save() and load()"
                 with nested.use(subnet), loaded.use(subnet):
@@ -299,18 +286,16 @@ class _Checker:
                 self.compare("load() vs nested", a, b, 0.0)
             for subnet in exportable[:1]:
                 self.stage = f"subnet {subnet} from load_submodel()"
-                a = ref.output(load_submodel(path, subnet), self.batch)
+                a = ref.output(self.kind.read_submodel(path, meta, subnet), self.batch)
                 b = ref.output(nested.extract(subnet), self.batch)
                 self.compare("load_submodel() vs extract()", a, b, 0.0)
 
     # ---- rank -----------------------------------------------------------------------------------
     def check_rank(self, quick: bool) -> None:
-        from .nest import nest
-
         self.stage = "rank at full size vs the original model"
         model = ref.random_model(self.cls, self.config, self.seed)
         space = NestingSpace(rank=[4, 8, self.full["hidden"]])
-        nested = nest(model, space, family=self.family, check=False)
+        nested = self.kind.nest(model, space, self.family)
         got = ref.output(nested, self.batch)
         self.compare("full rank vs original", got, self.original, RANK_TOLERANCE)
         for rank in [4] if quick else [4, 8]:

@@ -14,14 +14,19 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .checkpoint import read_metadata
 from .families.stages import StageFamily
+from .many import Kind
 from .spec import NestingSpace, Subnet
+from .testing import FamilyCheckError, FamilyReport
 
 TOLERANCE = 1e-5
 TINY_WIDTHS = [16, 32, 64]  # the channel ratios checked (1/4, 1/2) divide every width
@@ -82,16 +87,30 @@ def reference_model(cls: type, config: Any, family: StageFamily, state: dict, su
     return model
 
 
-def check_stage_family(
-    config: Any, family: StageFamily, cls: type, dims: tuple[str, ...], seed: int = 0
-) -> tuple[dict[str, float], int]:
-    """Raises FamilyCheckError (one line) on the first failure; returns the largest difference per check and
-    the number of subnets checked."""
-    from .export import load_submodel
-    from .nest import nest
-    from .restore import load
-    from .testing import FamilyCheckError
+def check_stages(
+    config: Any,
+    family: StageFamily,
+    cls: type,
+    dims: Iterable[str] | None,
+    seed: int,
+    kind: Kind,
+    **config_overrides: Any,
+) -> FamilyReport:
+    """The full check of a stage family; raises FamilyCheckError (one line) on the first failure, returns the
+    largest difference per check."""
+    if config_overrides:
+        raise FamilyCheckError(f"family {family.name!r}: stage families take no config overrides")
+    dims = tuple(family.dims if dims is None else dims)
+    for dim in dims:
+        family.check_dim(dim)
+    start = time.perf_counter()
+    diffs, n = _check(config, family, cls, dims, seed, kind)
+    return FamilyReport(family.name, cls.__name__, dims, n, diffs, seconds=time.perf_counter() - start)
 
+
+def _check(
+    config: Any, family: StageFamily, cls: type, dims: tuple[str, ...], seed: int, kind: Kind
+) -> tuple[dict[str, float], int]:
     config = tiny_stage_config(config, family)
     model = random_stage_model(cls, config, seed)
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -108,7 +127,7 @@ def check_stage_family(
 
     with torch.no_grad():
         original = model(pixel_values=x).logits
-        nested = nest(model, NestingSpace(**{d: RATIOS[d] for d in dims}), family=family)
+        nested = kind.nest(model, NestingSpace(**{d: RATIOS[d] for d in dims}), family)
         compare("largest vs original", nested(pixel_values=x).logits, original, 0.0)
         subnets = list(nested.space.subnets())
         for subnet in subnets:
@@ -126,9 +145,10 @@ def check_stage_family(
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "stages.safetensors"
             nested.save(path)
-            loaded = load(path)
+            meta = read_metadata(path)
+            loaded = kind.load(path, meta)
             with nested.use(subnet), loaded.use(subnet):
                 compare("load() vs nested", loaded(pixel_values=x).logits, nested(pixel_values=x).logits, 0.0)
-            small = load_submodel(path, subnet)(pixel_values=x).logits
+            small = kind.read_submodel(path, meta, subnet)(pixel_values=x).logits
             compare("load_submodel() vs extract()", small, nested.extract(subnet)(pixel_values=x).logits, 0.0)
     return diffs, len(subnets)

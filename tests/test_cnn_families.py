@@ -35,7 +35,7 @@ def pixels(n: int = 4, seed: int = 1) -> torch.Tensor:
 )
 def test_check_family_per_block_type(model_type, overrides):
     config = T.AutoConfig.for_model(model_type, **overrides)
-    report = testing.check_family(config)
+    report = sn.check_family(config)
     print(report)
     assert report.diffs["largest vs original"] == 0
     assert report.diffs["use() vs reference"] <= testing.TOLERANCE

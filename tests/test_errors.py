@@ -68,7 +68,7 @@ def test_unknown_family_lists_the_supported_ones():
         "bert, convnext, deberta-v2, deit, distilbert, gemma, gemma2, gemma3_text, gpt2, llama, mistral, phi3, "
         "qwen2, qwen3, resnet, roberta, swin, swinv2, vit, xlm-roberta;" in msg
     )
-    assert "sortednet.testing.check_family" in msg and "sortednet.families.register" in msg
+    assert "sortednet.check_family" in msg and "sortednet.families.register" in msg
 
 
 def test_not_a_transformers_model():

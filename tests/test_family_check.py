@@ -15,10 +15,9 @@ import transformers as T
 from tiny import BUILDERS, CHECK_OVERRIDES, DEBERTA_V3, STAGE_BUILDERS, inputs, output
 
 import sortednet as sn
-from sortednet import families, testing
+from sortednet import FamilyCheckError, check_family, families, testing
 from sortednet.families import Family, Projection, register, registered, supported_model_types
 from sortednet.families.llama import LLAMA
-from sortednet.testing import FamilyCheckError, check_family
 
 
 @pytest.fixture

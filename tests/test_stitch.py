@@ -11,7 +11,7 @@ import transformers as T
 
 import sortednet as sn
 from sortednet.stitch import StitchConfig, StitchingLayer, fit_stitches
-from sortednet.stitch.calibrate import block_outputs
+from sortednet.stitch.fit import block_outputs
 
 
 def vit(hidden: int, layers: int, labels: int = 5, seed: int = 0) -> T.ViTForImageClassification:

@@ -8,7 +8,6 @@ the run's tokenizer or image processor, and sortednet.json (where it came from, 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -141,15 +140,17 @@ def export_subnet(
     rgb: bool = False,
     calibration_batches: int = 20,
 ) -> dict[str, Any]:
-    """Write `subnet` of `ckpt` to the folder `out` (all or nothing: built in a temp folder, then renamed). A
-    BatchNorm network's subnet is exported with calibrated statistics: those the checkpoint stores, else computed
-    on `calibration_batches` of the run's training data and stored in the checkpoint first."""
+    """Write member `subnet` of `ckpt` to the folder `out` (all or nothing: built in a temp folder, then renamed).
+    A nested sub-model or an anchor is a plain transformers folder; a stitch of two anchors, which no transformers
+    class runs, is `stitched.safetensors` (that network alone; sn.load reads it back). A BatchNorm network's
+    subnet is exported with calibrated statistics: those the checkpoint stores, else computed on
+    `calibration_batches` of the run's training data and stored in the checkpoint first."""
     import torch
     from transformers.utils import logging as hf_logging
 
     from sortednet import sentence_export
-    from sortednet.export import read_submodel
-    from sortednet.spec import NestingSpace, Subnet
+    from sortednet.api import kind_of
+    from sortednet.many import ManyInOneModel
 
     hf_logging.disable_progress_bar()
 
@@ -158,49 +159,51 @@ def export_subnet(
     path, meta = open_checkpoint(ckpt)
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     out = check_out_dir(out, force, protect=[path, run / "checkpoints"])
-    if meta.get("kind") == "stitched":
-        return export_stitch(path, meta, subnet, out, dtype)
-    subnet_obj = Subnet.parse(subnet)
-    pooled = (meta.get("options") or {}).get("pooling") == "mean"
-    if (meta.get("family") or {}).get("kind") == "stages":  # BatchNorm: the subnet's own statistics
-        meta = calibrated_meta(path, meta, subnet_obj, calibration_batches)
-    model = read_submodel(path, meta, subnet_obj)  # checks the subnet against the space and the family
+    kind = kind_of(meta)
+    whole = kind.empty(meta)  # on the meta device: the member's spelling and its exact parameter count
+    member = whole.space.normalize(subnet)
+    if meta.get("bn_calibrated") is not None:  # BatchNorm: the subnet's own statistics
+        meta = calibrated_meta(path, meta, member, calibration_batches)
+    model = kind.read_submodel(path, meta, member)
     refuse_nonfinite(
         path,
         [*(meta.get("nonfinite") or []), *(n for n, p in model.named_parameters() if not p.isfinite().all())],
     )
-    # the space's own spelling (an absolute size given for a fraction stays as given)
-    with contextlib.suppress(ValueError):
-        subnet_obj = NestingSpace.from_dict(meta["space"]).normalize(subnet_obj)
+    stitched = isinstance(model, ManyInOneModel)
+    pooled = (meta.get("options") or {}).get("pooling") == "mean"
     if rgb:
         grey_to_rgb(model)
     model = model.to(getattr(torch, DTYPES[dtype]))
-    processor, chars, what = preprocessor(meta, model.config)
-    params = sum(p.numel() for p in model.parameters())
-    row = next((r for r in meta.get("eval_table") or [] if Subnet.parse(r["subnet"]) == subnet_obj), None)
+    config = next(iter(model.anchors.values())).config if stitched else model.config
+    processor, chars, what = preprocessor(meta, config)
+    row = next((r for r in meta.get("eval_table") or [] if r["subnet"] == str(member)), None)
     info = {
         "source": str(path.resolve()),
-        "subnet": str(subnet_obj),
-        "params": params,
+        "subnet": str(member),
+        "params": whole.num_params(member),
         "dtype": DTYPES[dtype],
         "model_class": type(model.base_model if pooled else model).__name__,
         "preprocessor": what,
         "rgb_from_grey": rgb,
         "evaluation": row,
         "global_step": meta.get("global_step"),
-        "channels": getattr(model.config, "num_channels", None),
+        "channels": getattr(config, "num_channels", None),
         "pooling": "mean" if pooled else None,
+        "stitch": f"sn.load('{out}/{STITCH_FILE}')" if stitched else None,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        if pooled:  # no transformers class pools by mean: the exact sentence-transformers form
+        if stitched:
+            model.save(tmp / STITCH_FILE, {"train_config": meta.get("train_config")})
+        elif pooled:  # no transformers class pools by mean: the exact sentence-transformers form
             max_length = ((meta.get("train_config") or {}).get("data") or {}).get("max_length") or 512
             sentence_export.write(model, tmp, max_length, processor)
+            processor = None
         else:
             model.save_pretrained(tmp)
-            if processor is not None:
-                processor.save_pretrained(tmp)
+        if processor is not None:
+            processor.save_pretrained(tmp)
         if chars is not None:  # sortednet's own CharTokenizer JSON too (CharTokenizer.load reads it)
             (tmp / "char_tokenizer.json").write_text(
                 json.dumps({"chars": chars}, ensure_ascii=False), "utf-8"
@@ -216,59 +219,6 @@ def export_subnet(
 
 
 STITCH_FILE = "stitched.safetensors"
-
-
-def export_stitch(path: Path, meta: Mapping[str, Any], member: str, out: Path, dtype: str) -> dict[str, Any]:
-    """A stitched checkpoint's member: an anchor as a plain transformers folder; a stitch of two anchors as
-    `stitched.safetensors`, that network alone (sn.load reads it back). No transformers class runs blocks of two
-    widths, so a stitch cannot be a plain transformers folder."""
-    import torch
-
-    import sortednet as sn
-    from sortednet.stitch.export import single_network
-
-    stitched = sn.load(path)
-    chosen = stitched.space.normalize(member)
-    row = next((r for r in meta.get("eval_table") or [] if r["subnet"] == str(chosen)), None)
-    network = stitched.anchor(chosen.front) if chosen.is_anchor else single_network(stitched, chosen)
-    refuse_nonfinite(path, [n for n, p in network.named_parameters() if not p.isfinite().all()])
-    network = network.to(getattr(torch, DTYPES[dtype]))
-    config = network.config if chosen.is_anchor else stitched.anchors[chosen.host].config
-    processor, chars, what = preprocessor(meta, config)
-    info = {
-        "source": str(path.resolve()),
-        "subnet": str(chosen),
-        "params": stitched.num_params(chosen),
-        "dtype": DTYPES[dtype],
-        "model_class": type(network).__name__,
-        "preprocessor": what,
-        "rgb_from_grey": False,
-        "evaluation": row,
-        "global_step": meta.get("global_step"),
-        "channels": getattr(config, "num_channels", None),
-        "stitch": None if chosen.is_anchor else f"sn.load('{out}/{STITCH_FILE}')",
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        if chosen.is_anchor:
-            network.save_pretrained(tmp)
-        else:
-            network.save(tmp / STITCH_FILE, {"train_config": meta.get("train_config")})
-        if processor is not None:
-            processor.save_pretrained(tmp)
-        if chars is not None:
-            (tmp / "char_tokenizer.json").write_text(
-                json.dumps({"chars": chars}, ensure_ascii=False), "utf-8"
-            )
-        info["files"] = sorted(files_under(tmp) | {EXPORT_RECORD})
-        (tmp / EXPORT_RECORD).write_text(json.dumps(info, indent=2) + "\n")
-        finish_folder(tmp)
-        replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return info
 
 
 def replace_folder(new: Path, out: Path) -> None:

@@ -14,13 +14,11 @@ PROG = "sortednet-info"
 
 
 def bound_space(meta: Mapping[str, Any]) -> Any:
-    """The checkpoint's nesting space bound to its model, built with parameters on the meta device (exact
-    parameter counts, no weights read)."""
-    from .. import hf
-    from ..restore import nest_as_saved
+    """The checkpoint's model built with parameters on the meta device, as its header says (exact parameter
+    counts, no weights read)."""
+    from ..api import kind_of
 
-    model = hf.empty_model(hf.model_class(meta["model_class"]), hf.config_from_dict(meta["config"]))
-    return nest_as_saved(model, meta)
+    return kind_of(meta).empty(meta)
 
 
 def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
@@ -99,27 +97,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     grid.add_row(
         "file", f"{path} ({path.stat().st_size / 2**20:.2f} MiB, sortednet format v{meta['version']})"
     )
-    if meta.get("kind") == "stitched":
-        from ..stitch.model import stitched_from_header
-
-        space = stitched_from_header(meta).space  # anchors on the meta device: the exact costs, no weights
-        for entry in meta["anchors"]:
-            config = entry["config"]
-            grid.add_row(
-                f"anchor {entry['name']}",
-                f"{entry['model_class']} ({config.get('model_type')}): depth={config.get('num_hidden_layers')}, "
-                f"hidden={config.get('hidden_size')}",
-            )
-        options = ", ".join(f"{k}={v}" for k, v in meta["stitch"].items())
-        grid.add_row("stitch space", f"{options}  ->  {len(space)} networks")
-    else:
-        nested = bound_space(meta)
-        space = nested.space
-        config = meta["config"]
-        sizes = ", ".join(f"{d}={v}" for d, v in nested.full.items())
-        grid.add_row("base model", f"{meta['model_class']} ({config.get('model_type')}): {sizes}")
-        dims = "  ".join(f"{d}={list(v)}" for d, v in space.values.items())
-        grid.add_row("nesting space", f"{dims}  ->  {len(space)} sub-models")
+    model = bound_space(meta)  # parameters on the meta device: the exact costs, no weights
+    space = model.space
+    for key, value in model.summary():
+        grid.add_row(key, value)
     costs = space.costs()
     grid.add_row("smallest", f"{space.subnets()[0]}  ({human(costs[0])} params)")
     grid.add_row("largest", f"{space.subnets()[-1]}  ({human(costs[-1])} params)")

@@ -217,13 +217,13 @@ def make_trainer(cfg: DictConfig, run_dir: Path) -> L.Trainer:
 def finish(cfg: DictConfig, trainer: L.Trainer, data, module, run_dir: Path) -> list[dict[str, Any]]:
     """Commit the final checkpoint pair, then (rank 0) evaluate every subnet, print the table and add it to
     the one-file checkpoint's header (a header rewrite: the pair stays of one step)."""
+    from ..api import load
     from ..bn_calibration import DEFAULT_BATCHES, calibrate_subnets, needs_calibration, with_uncalibrated
     from ..checkpoint import run_metadata, update_metadata
     from ..evaluate import evaluate_subnets
     from ..importance import influence_line
     from ..importance import influence_record as block_influence
     from ..report import print_table, write_table
-    from ..restore import load
     from ..train.checkpoint_io import one_file_path, save_pair
     from ..train.eval_callback import log_final
     from ..train.fsdp import is_sharded_model

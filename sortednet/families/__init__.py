@@ -74,7 +74,7 @@ def family_for(config: Any) -> AnyFamily:
         raise ValueError(
             f"model family {model_type!r} (config.model_type) is not supported; supported: "
             f"{', '.join(supported_model_types())}; to add one, describe it with sortednet.families.Family, "
-            f"check it with sortednet.testing.check_family and call sortednet.families.register(...)"
+            f"check it with sortednet.check_family and call sortednet.families.register(...)"
         )
     return family
 

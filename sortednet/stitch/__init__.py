@@ -6,8 +6,8 @@ with stitched.use("small:4>large:5"):
 """
 
 from .anchors import KINDS, AnchorKind, check_anchors
-from .calibrate import fit_stitches
 from .config import StitchConfig
+from .fit import fit_stitches
 from .layers import StitchingLayer
 from .model import StitchedModel, stitch
 from .space import Stitch, StitchSpace

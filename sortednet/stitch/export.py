@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from .anchors import layer_list
-from .model import StitchedModel
+from .model import StitchedModel, load_stitched
 from .space import Stitch
 
 
@@ -58,3 +61,11 @@ def single_network(stitched: StitchedModel, member: Stitch | str) -> StitchedMod
     single.stitches[str(alone)].load_state_dict(stitched.stitches[str(member)].state_dict())
     single.metadata = {"stitched_from": str(member)}
     return single.eval()
+
+
+def read_member(path: Path, meta: Mapping[str, Any], member: Stitch | str) -> nn.Module:
+    """One member of a stitched checkpoint on its own: an anchor as a plain transformers model; a stitch of two
+    anchors as a StitchedModel of that one network (no transformers class runs blocks of two widths)."""
+    stitched = load_stitched(path, meta)
+    chosen = stitched.space.normalize(member)
+    return stitched.anchor(chosen.front) if chosen.is_anchor else single_network(stitched, chosen)

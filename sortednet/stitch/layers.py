@@ -1,10 +1,10 @@
 """The stitched model's modules: the stitching layer, and the routing that runs a stitch inside the back
-anchor's own, unmodified forward (its layer list yields the route's blocks; its embeddings are the front's)."""
+anchor's own, unmodified forward (its layer list runs the route's blocks; its embeddings are the front's)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,47 +50,16 @@ class StitchingLayer(nn.Module):
 
 
 class Route:
-    """The active member, as the back anchor's forward sees it: whose forward runs (`host`), whose embeddings
-    (`start`), and the blocks its layer loop iterates (None: the host's own)."""
+    """The active member, as the anchors' embeddings see it: whose forward runs (`host`) and whose embeddings
+    (`start`). The host's layer list (a sortednet.layers.LayerList) holds the blocks its loop runs."""
 
-    __slots__ = ("host", "start", "blocks")
+    __slots__ = ("host", "start")
 
     def __init__(self, host: str) -> None:
-        self.host, self.start, self.blocks = host, host, None
+        self.host, self.start = host, host
 
-    def set(self, host: str, start: str, blocks: list[nn.Module] | None) -> None:
-        self.host, self.start, self.blocks = host, start, blocks
-
-
-class StitchedLayerList(nn.ModuleList):
-    """An anchor's layer list that, while its anchor hosts a stitch, yields the stitch's blocks (the front's first
-    blocks, the stitching layer, its own last ones). Indexing by int and `len()` see the anchor's own layers, so
-    its state dict keys are unchanged; `layers[:n]` over the whole list (HF's `layers[: num_hidden_layers]`)
-    means the whole route."""
-
-    def __init__(self, layers: nn.ModuleList, route: Route, owner: str) -> None:
-        super().__init__(list(layers))
-        self.route, self.owner = route, owner
-
-    def _routed(self) -> list[nn.Module] | None:
-        route = self.route
-        return route.blocks if route.host == self.owner else None
-
-    def __iter__(self) -> Iterator[nn.Module]:
-        blocks = self._routed()
-        return iter(self._modules.values()) if blocks is None else iter(blocks)
-
-    def __getitem__(self, idx):  # type: ignore[override]
-        if isinstance(idx, slice):
-            own = list(self._modules.values())
-            blocks = self._routed()
-            if blocks is not None and idx.indices(len(own)) == (0, len(own), 1):
-                return list(blocks)
-            return own[idx] if blocks is None else list(blocks)[idx]
-        return super().__getitem__(idx)
-
-    def unstitched(self) -> nn.ModuleList:
-        return nn.ModuleList(list(self._modules.values()))
+    def set(self, host: str, start: str) -> None:
+        self.host, self.start = host, start
 
 
 def route_embeddings(

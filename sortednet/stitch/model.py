@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import copy
-import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from .. import hf
-from ..checkpoint import write
+from ..checkpoint import damaged
+from ..families import family_for
+from ..layers import LayerList, replace
+from ..many import ManyInOneModel
 from .anchors import AnchorKind, check_anchors, embeddings_of, kind_of, layer_list, parts_of
 from .config import StitchConfig
-from .layers import Route, StitchedLayerList, StitchingLayer, route_embeddings, unroute_embeddings
+from .fit import fit_stitches
+from .layers import Route, StitchingLayer, route_embeddings, unroute_embeddings
 from .space import AnchorInfo, Stitch, StitchSpace
 
 KIND = "stitched"  # the checkpoint header's `kind`
@@ -53,15 +57,13 @@ def stitch(
         names, models = [names[i] for i in order], [models[i] for i in order]
     stitched = StitchedModel(dict(zip(names, models, strict=True)), config, kind)
     if calibration is not None:
-        from .calibrate import fit_stitches
-
         fit_stitches(stitched, calibration, max_batches)
     return stitched
 
 
-class StitchedModel(nn.Module):
+class StitchedModel(ManyInOneModel):
     """Anchors (transformers models, smallest first) and the stitching layers between them; `use(stitch)` picks
-    the network that runs (see sortednet.stitch.space for the spelling). Implements sortednet.many.ManyInOne."""
+    the network that runs (see sortednet.stitch.space for the spelling)."""
 
     def __init__(
         self,
@@ -73,15 +75,15 @@ class StitchedModel(nn.Module):
         super().__init__()
         self.anchors = nn.ModuleDict(dict(anchors))
         self.config, self.kind = config, kind
-        self.metadata: dict[str, Any] = {}
         infos = [AnchorInfo(n, len(layer_list(m)), int(m.config.hidden_size)) for n, m in anchors.items()]
         self.space = StitchSpace(infos, config, members)
         self.route = Route(infos[-1].name)
+        lists = {}
         for name, model in anchors.items():
-            parent_path, _, attr = _layers_path(model)
-            parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
-            setattr(parent, attr, StitchedLayerList(getattr(parent, attr), self.route, name))
+            lists[name] = LayerList(layer_list(model))
+            replace(model.base_model, family_for(model.config).layers, lists[name])
             route_embeddings(embeddings_of(model, kind), self.route, name, self._embeddings)
+        self.__dict__["_lists"] = lists  # the anchors' layer lists (modules of the anchors, not of this one)
         widths = {i.name: i.width for i in infos}
         self.stitches = nn.ModuleDict(
             {
@@ -93,41 +95,30 @@ class StitchedModel(nn.Module):
         like = next(anchors[infos[-1].name].parameters())
         self.stitches.to(dtype=like.dtype, device=like.device)  # float64 or bf16 anchors get stitches alike
         self.space.bind({n: parts_of(m, kind) for n, m in anchors.items()})
-        self._switch_cache: dict[Any, tuple[Stitch, str, str, list[nn.Module] | None]] = {}
+        self._switch_cache: dict[Any, tuple[Stitch, str, str, tuple[nn.Module, ...] | None]] = {}
         self._active = self.activate(self.space.largest)
 
     def _embeddings(self, name: str) -> nn.Module:
         return embeddings_of(self.anchors[name], self.kind)
 
     # ---- switching ----------------------------------------------------------------------------
-    @property
-    def active(self) -> Stitch:
-        return self._active
-
     def activate(self, member: Stitch | str) -> Stitch:
-        """Make `member` the network that runs: sets the route (three references), copies nothing."""
+        """Make `member` the network that runs: sets the route and one layer list's blocks, copies nothing."""
         cached = self._switch_cache.get(member)
         if cached is None:
             normal = self.space.normalize(member)
             if normal.is_anchor:
                 cached = (normal, normal.front, normal.front, None)
             else:
-                front = list(layer_list(self.anchors[normal.front]).unstitched())[: normal.cut]
-                back = list(layer_list(self.anchors[normal.back]).unstitched())[normal.resume :]
-                cached = (normal, normal.host, normal.front, [*front, self.stitches[str(normal)], *back])
+                front = self._lists[normal.front].every_layer()[: normal.cut]
+                back = self._lists[normal.back].every_layer()[normal.resume :]
+                cached = (normal, normal.host, normal.front, (*front, self.stitches[str(normal)], *back))
             self._switch_cache[member] = cached
-        self._active = cached[0]
-        self.route.set(*cached[1:])
+        self._active, host, start, blocks = cached
+        self._lists[self.route.host].active = None
+        self._lists[host].active = blocks
+        self.route.set(host, start)
         return self._active
-
-    @contextmanager
-    def use(self, member: Stitch | str) -> Iterator[StitchedModel]:
-        previous = self._active
-        self.activate(member)
-        try:
-            yield self
-        finally:
-            self.activate(previous)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.kind.name == "decoder" and not self._active.is_anchor:
@@ -143,9 +134,22 @@ class StitchedModel(nn.Module):
         """The transformers model whose forward runs the active member (the back anchor, or the anchor itself)."""
         return self.anchors[self.route.host]
 
-    # ---- sizes --------------------------------------------------------------------------------
-    def num_params(self, member: Stitch | str) -> int:
-        return int(self.space.cost(member))
+    def layer_host(self) -> tuple[nn.Module, Any]:
+        """The largest anchor (block influence reads its layers)."""
+        host = self.anchors[self.space.normalize(self.space.largest).front]
+        return host, family_for(host.config)
+
+    def summary(self) -> list[tuple[str, str]]:
+        rows = [
+            (
+                f"anchor {name}",
+                f"{type(m).__name__} ({m.config.model_type}): depth={m.config.num_hidden_layers}, "
+                f"hidden={m.config.hidden_size}",
+            )
+            for name, m in self.anchors.items()
+        ]
+        options = ", ".join(f"{k}={v}" for k, v in self.config.to_dict().items())
+        return [*rows, ("stitch space", f"{options}  ->  {len(self.space)} networks")]
 
     # ---- anchors out --------------------------------------------------------------------------
     def anchor(self, name: str) -> nn.Module:
@@ -175,24 +179,12 @@ class StitchedModel(nn.Module):
             **(metadata or {}),
         }
 
-    def save(self, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None) -> None:
-        """Every anchor and stitching layer in one safetensors file (see `sortednet.load`)."""
-        write(path, self.base_state_dict(), self.header(metadata))
-
     def unstitch(self) -> dict[str, nn.Module]:
         """Remove the routing and give back the anchors as plain transformers models (trained weights)."""
-        for model in self.anchors.values():
-            parent_path, _, attr = _layers_path(model)
-            parent = model.base_model.get_submodule(parent_path) if parent_path else model.base_model
-            setattr(parent, attr, getattr(parent, attr).unstitched())
+        for name, model in self.anchors.items():
+            replace(model.base_model, family_for(model.config).layers, self._lists[name].unwrapped())
             unroute_embeddings(embeddings_of(model, self.kind))
         return dict(self.anchors.items())
-
-
-def _layers_path(model: nn.Module) -> tuple[str, str, str]:
-    from ..families import family_for
-
-    return family_for(model.config).layers.rpartition(".")
 
 
 def stitched_from_header(meta: Mapping[str, Any], empty: bool = True) -> StitchedModel:
@@ -212,10 +204,8 @@ def stitched_from_header(meta: Mapping[str, Any], empty: bool = True) -> Stitche
     return StitchedModel(anchors, StitchConfig(**meta["stitch"]), kind, meta["space"].get("members"))
 
 
-def load_stitched(path: str | os.PathLike, meta: Mapping[str, Any]) -> StitchedModel:
+def load_stitched(path: Path, meta: Mapping[str, Any]) -> StitchedModel:
     """Rebuild a stitched model from its one-file checkpoint (`sortednet.load` calls this for kind=stitched)."""
-    from safetensors import safe_open
-
     stitched = stitched_from_header(meta)
     aliases = meta.get("aliases", {})
     with safe_open(str(path), framework="pt") as f:
@@ -239,3 +229,26 @@ STITCHED_OWN_KEYS = {
     "nonfinite",
     "_keys",
 }
+
+
+def check_header(path: Path, meta: Mapping[str, Any]) -> None:
+    """A stitched model's header: its anchors' classes and configs, its stitch space."""
+    anchors, space = meta.get("anchors"), meta.get("space")
+    problem = None
+    if not isinstance(anchors, list) or len(anchors) < 2:
+        problem = "field 'anchors' is not a list of two or more anchors"
+    elif not all(
+        isinstance(a, dict)
+        and isinstance(a.get("name"), str)
+        and isinstance(a.get("model_class"), str)
+        and isinstance(a.get("config"), dict)
+        and isinstance(a["config"].get("model_type"), str)
+        for a in anchors
+    ):
+        problem = "an entry of 'anchors' lacks its name, model_class or config"
+    elif not isinstance(space, dict) or not isinstance(space.get("stitch"), list):
+        problem = "field 'space' is not a stitch space"
+    elif not isinstance(meta.get("stitch"), dict):
+        problem = "field 'stitch' is missing"
+    if problem:
+        raise damaged(path, problem)

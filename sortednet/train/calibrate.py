@@ -20,9 +20,10 @@ import torch
 from torch import nn
 from torch.utils.data import default_collate
 
+from ..api import nest
 from ..checks import number
 from ..importance import METHODS, reorder
-from ..nest import NestedModel, nest
+from ..nest import NestedModel
 from ..permute import PERMUTABLE
 from ..spec import NestingSpace
 from ..tasks import Task

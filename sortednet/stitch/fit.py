@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .anchors import layer_list
-
-if TYPE_CHECKING:
-    from .model import StitchedModel
 
 
 def _output(value: Any) -> torch.Tensor:
@@ -20,7 +17,7 @@ def _output(value: Any) -> torch.Tensor:
 
 @torch.no_grad()
 def block_outputs(
-    model: StitchedModel, name: str, inputs: Mapping[str, Any], wanted: set[int]
+    model: Any, name: str, inputs: Mapping[str, Any], wanted: set[int]
 ) -> dict[int, torch.Tensor]:
     """Anchor `name` run alone on `inputs`: the output of each of its blocks in `wanted` (0-based)."""
     layers = layer_list(model.anchors[name])
@@ -48,7 +45,7 @@ def _tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 @torch.no_grad()
 def stitch_statistics(
-    model: StitchedModel, batches: Iterable[Mapping[str, Any]], max_batches: int | None = None
+    model: Any, batches: Iterable[Mapping[str, Any]], max_batches: int | None = None
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
     """Per stitch, X^T X and X^T Y of the normal equations (X: the front anchor's activations after `cut`
     blocks, with a ones column; Y: the back anchor's input to block `resume`) and the token count."""
@@ -81,7 +78,7 @@ def stitch_statistics(
 
 
 def fit_stitches(
-    model: StitchedModel, batches: Iterable[Mapping[str, Any]], max_batches: int | None = None
+    model: Any, batches: Iterable[Mapping[str, Any]], max_batches: int | None = None
 ) -> dict[str, int]:
     """Set every stitching layer to its least-squares map; returns the tokens each fit saw."""
     stats = stitch_statistics(model, batches, max_batches)
