@@ -32,19 +32,31 @@ class Result:
     unit: str = "x"  # "x": a ratio; otherwise the unit printed after the value
     detail: str = ""
     busy: bool = False  # another process took our cores while this was timed: the number is unreliable
+    module: str = ""  # the benchmark module that measured it (set by run_all)
+
+    @property
+    def info(self) -> bool:
+        """A figure reported for information: no target to pass or miss."""
+        return self.target == float("inf")
 
     @property
     def passed(self) -> bool:
-        return self.value <= self.target
+        return not self.info and not self.busy and self.value <= self.target
 
     @property
     def status(self) -> str:
-        return ("PASS" if self.passed else "MISS") + (" (busy)" if self.busy else "")
+        if self.busy:
+            return "NOT MEASURED (busy)"
+        if self.info:
+            return "info"
+        return "PASS" if self.passed else "MISS"
 
     def measured(self) -> str:
         return f"{self.value:.3f}" if self.unit == "x" else f"{self.value:.3g} {self.unit}"
 
     def target_text(self) -> str:
+        if self.info:
+            return "-"
         return f"<= {self.target:g}" if self.unit == "x" else f"<= {self.target:g} {self.unit}"
 
     def line(self) -> str:

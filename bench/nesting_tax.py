@@ -35,7 +35,7 @@ def _case(
         detail=detail,
         busy=paired.busy,
     )
-    if not result.passed:
+    if result.status == "MISS":
         result.detail += explain_train_step(
             nested, step_nested, plain, step_plain, batch, ("nested", "plain")
         )

@@ -269,7 +269,7 @@ def nested_cfg_space(cfg: Any):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from sortednet.train.calibrate import split_nesting
+    from sortednet.train.config import split_nesting
 
     node, _ = split_nesting(OmegaConf.to_container(cfg.nesting, resolve=True))
     return instantiate(node, _convert_="all")

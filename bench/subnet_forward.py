@@ -41,7 +41,7 @@ def _case(
         detail=f"full model {shape_text(config, batch_shape)}; " + paired.describe("nested", "extracted"),
         busy=paired.busy,
     )
-    if not result.passed:
+    if result.status == "MISS":
         result.detail += (
             f"\n     most extra self time: {ops_diff(top_ops(nested_forward, 5), top_ops(small_forward, 5))}"
         )

@@ -48,7 +48,7 @@ def _case(
     result = Result(
         f"subnet train step / dense, {name}", paired.ratio, TARGET, detail=detail, busy=paired.busy
     )
-    if not result.passed:
+    if result.status == "MISS":
         result.detail += explain_train_step(
             nested, step_nested, dense, step_dense, batch, ("nested", "dense"), 5
         )

@@ -9,7 +9,7 @@ imports this module.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from .checkpoint import family_of, resolve
 from .checkpoint import read_metadata as read_file_header
 from .export import read_submodel
 from .families import AnyFamily, StageFamily, family_for
+from .importance import reorder
 from .layers import LayerList, Wrapper
 from .many import Kind, ManyInOneModel
 from .pooling import pooled_refusal
@@ -104,8 +105,17 @@ def nest(
     pooling: str | None = None,
     head: str | None = None,
     bn: str | None = None,
+    order: str | None = None,
+    batches: Iterable[Mapping[str, Any]] = (),
+    loss: Callable[[nn.Module, Mapping[str, Any]], Any] | None = None,
 ) -> nested_kind.NestedModel:
     """Wrap `model` in place so that every subnet of `space` can run; at the largest it is unchanged.
+
+    `order="activation" | "magnitude" | "taylor"`: first permute FFN neurons, heads (and hidden channels) by
+    importance on calibration `batches` (sortednet.reorder; `loss(model, batch)` for taylor), so that each
+    sub-model keeps the units that matter; the function is unchanged and the record is in
+    `metadata["permutation"]`. A space with `rank` is factorised from the weights, so its plain model is
+    reordered first; any other is reordered through its wrappers (with the pooling it is nested with).
 
     `pooling="mean"`: the model's own first-token head (BERT's pooler, RoBERTa's classification head) reads the
     masked mean of the last hidden states instead of [CLS] (sortednet.pooling), for encoders trained that way.
@@ -138,7 +148,15 @@ def nest(
             kind.quick_check(family, model, dims, kind)  # type: ignore[misc]
 
     assert kind.nest is not None
-    return kind.nest(model, space, family, pooling=pooling, head=head, bn=bn, verify=verify)
+    record = None
+    if order is not None and "rank" in space.dims:
+        record = reorder(model, batches, method=order, dims=space.dims, loss=loss)
+    nested = kind.nest(model, space, family, pooling=pooling, head=head, bn=bn, verify=verify)
+    if order is not None and record is None:
+        record = reorder(nested, batches, method=order, loss=loss)
+    if record is not None:
+        nested.metadata["permutation"] = record
+    return nested
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

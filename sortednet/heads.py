@@ -105,10 +105,5 @@ def head_aliases(keys: Iterable[str], depth: int) -> dict[str, str]:
     return {k.replace(marker, ".", 1): k for k in keys if marker in k}
 
 
-def copy_keys(keys: Iterable[str]) -> set[str]:
-    """The stored keys of head copies (what a plain full model does not have)."""
-    return {k for k in keys if f".{COPIES}." in k}
-
-
 def _under(name: str, paths: Sequence[str]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in paths)

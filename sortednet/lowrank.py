@@ -12,7 +12,6 @@ import torch
 
 from .layers import LowRankLinear, layer_rank
 from .nest import NestedModel
-from .spec import Subnet
 
 
 def low_rank_modules(nested: NestedModel) -> list[LowRankLinear]:
@@ -92,9 +91,3 @@ class Shrinker:
 
     def load_state_dict(self, state: dict[str, object]) -> None:
         self.strikes = dict(state.get("strikes", {}))  # type: ignore[arg-type]
-
-
-def effective_ranks(nested: NestedModel, subnet: Subnet | str) -> dict[str, int]:
-    """Rank each factorised projection runs at under `subnet` (its cut applied)."""
-    with nested.use(subnet):
-        return {name: module.rank() for name, module in nested.low_rank_modules().items()}

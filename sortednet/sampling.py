@@ -24,10 +24,27 @@ class Sampler:
 
     def __init__(self, space: MemberSpace, k: int = 1, seed: int = 0) -> None:
         number("sampler.k", k, int, low=1, high=len(space))
-        self.space, self.k, self.seed = space, int(k), int(number("seed", seed, int, low=0))
+        self.k, self.seed = int(k), int(number("seed", seed, int, low=0))
+        self.space: MemberSpace | None = None
+        self.bind(space)
+
+    def bind(self, space: MemberSpace) -> Sampler:
+        """Draw from `space`: the space the options were checked against, or the same members bound to the model
+        (a nested model's space orders its members by exact parameter count). Nothing is checked again."""
+        if self.space is not None and space.to_dict() != self.space.to_dict():
+            raise ValueError(
+                f"sampler {self.name!r}: the model's space {space.to_dict()} is not the configured "
+                f"{self.space.to_dict()}"
+            )
+        self.space = space
         self.ordered = space.subnets()
         self.largest = space.normalize(space.largest)
         self.smallest = space.normalize(space.smallest)
+        self._tables()
+        return self
+
+    def _tables(self) -> None:
+        """What a sampler derives from the ordered members (strata, probabilities); after every bind."""
 
     def rng(self, step: int, micro: int = 0) -> np.random.Generator:
         return np.random.default_rng([self.seed, int(step), int(micro)])
@@ -97,6 +114,8 @@ class SandwichSampler(Sampler):
         if k < 2 and len(space) > 1:
             raise ValueError(f"sampler.k={k} is too small for sampler=sandwich; allowed: k >= 2")
         super().__init__(space, k, seed)
+
+    def _tables(self) -> None:
         self.middle = [s for s in self.ordered if s not in (self.largest, self.smallest)]
 
     def _draw(self, rng: np.random.Generator) -> list[Subnet]:
@@ -116,20 +135,20 @@ class SortedSampler(Sampler):
     def __init__(
         self, space: MemberSpace, k: int = 1, seed: int = 0, weighting: str = "uniform", ratio: float = 0.9
     ):
-        super().__init__(space, k, seed)
         if weighting not in WEIGHTINGS:
             raise ValueError(f"sampler.weighting={weighting!r} is unknown; allowed: {', '.join(WEIGHTINGS)}")
-        if ratio <= 0:
-            raise ValueError(f"sampler.ratio={ratio} must be > 0")
+        self.weighting, self.ratio = weighting, number("sampler.ratio", ratio, low=0, low_open=True)
+        super().__init__(space, k, seed)
+
+    def _tables(self) -> None:
         rank = np.arange(1, len(self.ordered) + 1, dtype=np.float64)
         weights = {
             "uniform": np.ones_like(rank),
             "linear": rank,
             "inverse": 1 / rank,
-            "geometric": ratio**rank,
+            "geometric": self.ratio**rank,
         }
-        self.weighting, self.ratio = weighting, ratio
-        self.probs = weights[weighting] / weights[weighting].sum()
+        self.probs = weights[self.weighting] / weights[self.weighting].sum()
 
     def _draw(self, rng: np.random.Generator) -> list[Subnet]:
         return self._largest_first(self._pick(rng, self.ordered, self.k, p=self.probs))
@@ -160,10 +179,13 @@ class BudgetSampler(Sampler):
         costs: np.ndarray | None = None,
         groups: int | None = None,
     ) -> None:
-        super().__init__(space, k, seed)
         self.groups = None if groups is None else number("sampler.groups", groups, int, low=1)
+        self.given_costs = None if costs is None else np.asarray(costs, dtype=np.float64)
+        super().__init__(space, k, seed)
+
+    def _tables(self) -> None:
         n = self.groups or self.k
-        cost = np.log(np.asarray(space.costs() if costs is None else costs, dtype=np.float64))
+        cost = np.log(self.space.costs() if self.given_costs is None else self.given_costs)
         edges = np.linspace(cost.min(), cost.max(), n + 1)
         bins = np.clip(np.searchsorted(edges, cost, side="right") - 1, 0, n - 1)
         strata = [np.flatnonzero(bins == b) for b in range(n)]

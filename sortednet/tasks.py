@@ -24,6 +24,11 @@ class Task:
         with torch.autocast(logits.device.type, enabled=False):
             return F.cross_entropy(x.float(), y, ignore_index=IGNORE)
 
+    def model_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss training computes for `batch` (the task's loss on the model's logits)."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.loss(model(**inputs).logits, batch["labels"])
+
     def distill(
         self, logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float
     ) -> torch.Tensor:

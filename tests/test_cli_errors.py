@@ -76,10 +76,10 @@ def test_bad_values_are_refused_in_one_line(override, message, tmp_path, capsys)
     ],
 )
 def test_hydra_errors_are_one_line_too(override, message, capsys):
-    from sortednet.cli.train import check_overrides
+    from sortednet.cli.train import compose_config
 
     with pytest.raises(SystemExit) as exit_info:
-        check_overrides([override])
+        compose_config([override])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and message in err, err
@@ -191,7 +191,8 @@ def test_a_tampered_header_is_refused_in_one_line(field, value, finished_run, tm
 def test_pretrained_models_train_with_dropout_unless_asked(train_mode, tmp_path):
     import transformers as T
 
-    from sortednet.cli.train import build, check_config
+    from sortednet.cli.train import build
+    from sortednet.train.config import check
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab))
@@ -218,5 +219,5 @@ def test_pretrained_models_train_with_dropout_unless_asked(train_mode, tmp_path)
         "nesting.depth=[1,2]",
         "nesting.ffn=[0.5,1.0]",
     )
-    _, module = build(cfg, check_config(cfg))
+    _, module = build(check(cfg))
     assert all(m.training for m in module.nested.modules()) is train_mode

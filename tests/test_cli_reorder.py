@@ -10,9 +10,11 @@ from hydra import compose, initialize_config_dir
 
 import sortednet as sn
 from sortednet.cli import info
-from sortednet.cli.train import CONF_DIR, check_config, make, run
+from sortednet.cli.train import CONF_DIR, run
+from sortednet.data.loader import first_batches as calibration_batches
 from sortednet.train import task_for
-from sortednet.train.calibrate import calibration_batches, nest_for_training
+from sortednet.train.config import check as check_config
+from sortednet.train.config import make
 from sortednet.train.models import ModelSpec
 
 QUICK = [
@@ -26,6 +28,14 @@ QUICK = [
 def config(tmp_path, *overrides):
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return compose("train", overrides=[f"run_dir={tmp_path}/run", *QUICK, *overrides])
+
+
+def ordered(model, checked, data):
+    """What sortednet-train's build does with nesting.reorder: nest with the order on the first batches."""
+    method = checked.reorder.method
+    batches = calibration_batches(data, checked.reorder.batches) if method != "magnitude" else []
+    loss = task_for(data.task).model_loss
+    return sn.nest(model, checked.space, order=method, batches=batches, loss=loss)
 
 
 def digits(cfg):
@@ -52,7 +62,7 @@ def test_reorder_before_training_keeps_the_function_and_is_recorded(method, reci
     batch = {k: v for k, v in next(iter(data.val_dataloader())).items() if k != "labels"}
     with torch.no_grad():
         want = model(**batch).logits
-    nested = nest_for_training(model, checked.space, checked.reorder, data, task_for(data.task))
+    nested = ordered(model, checked, data)
     record = nested.metadata["permutation"]
     assert record["method"] == method and record["dims"] == ["ffn", "heads"]
     assert record["batches"] == (0 if method == "magnitude" else 2)
@@ -70,7 +80,7 @@ def test_a_space_with_rank_is_reordered_before_it_is_factorised(tmp_path):
     batch = {k: v for k, v in next(iter(data.val_dataloader())).items() if k != "labels"}
     with torch.no_grad():
         want = model(**batch).logits
-    nested = nest_for_training(model, checked.space, checked.reorder, data, task_for(data.task))
+    nested = ordered(model, checked, data)
     assert nested.low_rank_modules() and nested.metadata["permutation"]["dims"] == ["ffn", "heads"]
     with torch.no_grad():  # at full rank the factors reproduce the weights to float rounding
         assert (nested.eval()(**batch).logits - want).abs().max().item() <= 1e-4
@@ -108,10 +118,7 @@ def test_sortednet_train_reorders_records_and_info_shows_it(tmp_path, capsys):
     # a resume keeps the order it started with: the record comes from the checkpoint (no calibration) ...
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     checked = check_config(config(tmp_path, f"ckpt_path={ckpt}", "nesting.reorder=activation"))
-    model = checked.model.build(digits(cfg).model_kwargs())
-    task = task_for("image_classification")
-    resumed = nest_for_training(model, checked.space, checked.reorder, None, task, ckpt_path=ckpt)
-    assert resumed.metadata["permutation"] == meta["permutation"]
+    assert checked.permutation == meta["permutation"]
     # ... and another nesting.reorder is refused before training
     with pytest.raises(SystemExit) as exit_info:
         run(config(tmp_path, f"ckpt_path={ckpt}", "nesting.reorder=taylor"))

@@ -68,7 +68,7 @@ def test_bad_config_is_refused_before_training(overrides, message, tmp_path, cap
 def cli(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     return subprocess.run(
-        [sys.executable, "-m", "sortednet.train", *args],
+        [sys.executable, "-m", "sortednet.cli.train", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -84,6 +84,20 @@ def test_cli_refuses_in_one_line_and_writes_nothing(tmp_path):
         "sortednet-train: error: sampler.k=1 is too small for sampler=sandwich; allowed: k >= 2"
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_check_validates_a_config_without_building_or_writing_anything(tmp_path):
+    ok = cli("--check", "experiment=snnet_digits", "sampler.k=4", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "members     18 (smallest small:5>large:6, largest large)" in ok.stdout
+    assert "sandwich, k=4 per step" in ok.stdout and "stitch.pretrain_steps=400" in ok.stdout
+    assert ok.stdout.rstrip().endswith("config OK: nothing was built or written")
+    bad = cli("--check", "optim.lr=fast", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.strip() == "sortednet-train: error: optim.lr='fast' is not a number; allowed: a number > 0"
+    typo = cli("--check", "samplr=all", cwd=tmp_path)
+    assert typo.returncode == 2 and len(typo.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_overrides_train_and_write_the_run_folder(tmp_path):

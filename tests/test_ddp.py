@@ -168,7 +168,7 @@ QUICK = [
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("sortednet-train")
-    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "sortednet.train"]
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "sortednet.cli.train"]
     return subprocess.run([*cmd, *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
 
 

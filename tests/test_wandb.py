@@ -30,7 +30,7 @@ def test_offline_run_folder_holds_the_evaluation_table(tmp_path):
         f"hydra.run.dir={run}",
     ]
     result = subprocess.run(
-        [sys.executable, "-m", "sortednet.train", *args],
+        [sys.executable, "-m", "sortednet.cli.train", *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,

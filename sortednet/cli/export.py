@@ -274,7 +274,7 @@ def calibrated_meta(path: Path, meta: Mapping[str, Any], subnet: Any, batches: i
     """The checkpoint's header once `subnet` has calibrated BatchNorm statistics in the file."""
     import sortednet as sn
 
-    from .calibration import calibrate_missing, store
+    from .bn_calibration import calibrate_missing, store
 
     nested = sn.load(path)
     if calibrate_missing(nested, [subnet], meta, batches):

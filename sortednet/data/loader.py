@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, default_collate
 from torch.utils.data.dataloader import DataLoader
 
 
@@ -146,3 +146,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator()
     g.manual_seed(seed + epoch)
     return torch.randperm(n, generator=g)
+
+
+def first_batches(data: Any, n: int, epoch: int = 0) -> list[dict[str, torch.Tensor]]:
+    """The first `n` training batches of `epoch` as one process would draw them: a function of the data
+    module's seed only, so every rank gets the same (calibration before training: importance order, the
+    least-squares fit of stitching layers)."""
+    train = data.train_set
+    order = epoch_order(len(train), data.seed, epoch).tolist()
+    size = data.batch_size
+    chunks = [order[i : i + size] for i in range(0, min(n * size, len(order) - len(order) % size), size)]
+    collate = data.collate_fn or default_collate
+    return [collate([train[i] for i in chunk]) for chunk in chunks]

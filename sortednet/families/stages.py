@@ -174,10 +174,6 @@ def last_stage_width(config: Any, widths: Mapping[str, int | list[int]]) -> int:
     return int(getattr(config, "hidden_size", 0) or flat_last(widths))
 
 
-def is_stage_family(family: Any) -> bool:
-    return isinstance(family, StageFamily)
-
-
 RESNET = StageFamily(
     name="resnet",
     model_types=("resnet",),

@@ -22,11 +22,11 @@ from ..many import ManyInOne
 from ..sampling import Sampler
 from ..spec import Subnet
 from ..tasks import Task
-from .compiled import compile_backend, compile_model, compiled_graphs
+from .compiled import compile_model, compiled_graphs
 from .distributed import allreduce_gradients, needs_allreduce, reducer_off, world_size
 from .fsdp import configure_sharding, is_sharded_model
 from .optim import NestedAdamW
-from .options import Distill, Optim, Train
+from .options import Optim, Train, check_distill
 
 # validation metrics are summed over ranks (strategy.reduce) before they are logged, so sync_dist is not needed
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
@@ -41,14 +41,6 @@ def head_parameter_ids(model: torch.nn.Module) -> set[int]:
 
 class Diverged(RuntimeError):
     """Too many optimizer steps in a row had a NaN or inf loss or gradient; the run stops (exit code 1)."""
-
-
-def check_distill(enabled: bool, sampler: Sampler) -> None:
-    if enabled and not sampler.guarantees_largest:
-        raise ValueError(
-            f"train.distill.enabled=true needs the largest subnet in every step, which sampler={sampler.name!r} "
-            "cannot guarantee; use sampler=sandwich or sampler=all"
-        )
 
 
 def default_val_subnets(nested: ManyInOne) -> list[Subnet]:
@@ -71,33 +63,36 @@ def lr_lambda(schedule: str, warmup: int, total: int, min_ratio: float):
 
 
 class SortedNetModule(L.LightningModule):
+    """Trains every member of `nested` with `sampler`. `optim` and `train` are the checked options
+    (sortednet.train.options: what sortednet-train's config check made), or their fields as a mapping or as
+    keyword arguments (`accumulate=2, distill={"enabled": True}`), checked here."""
+
     def __init__(
         self,
         nested: ManyInOne,
         task: Task,
         sampler: Sampler,
         optim: Optim | Mapping[str, Any] | None = None,
-        accumulate: int = 1,
-        grad_clip: float | None = 1.0,
-        distill: Distill | Mapping[str, Any] | None = None,
+        train: Train | Mapping[str, Any] | None = None,
         val_subnets: Sequence[Subnet | str] | None = None,
-        subnet_weights: Mapping[str, float] | None = None,
         seed: int = 0,
-        max_nonfinite_steps: int = 3,
-        compile: bool | str = False,
+        **train_options: Any,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
         self.nested, self.task, self.sampler = nested, task, sampler
         self.optim = optim if isinstance(optim, Optim) else Optim(**(optim or {}))
-        distill = distill if isinstance(distill, Distill) else Distill(**(distill or {}))
-        options = Train(accumulate, grad_clip, subnet_weights or {}, distill, max_nonfinite_steps, compile)
-        self.accumulate, self.grad_clip, self.distill = options.accumulate, options.grad_clip, options.distill
-        self.max_nonfinite_steps, self.seed = options.max_nonfinite_steps, int(seed)
-        check_distill(self.distill.enabled, sampler)
+        if not isinstance(train, Train):
+            train = Train(**{**(train or {}), **train_options}, members=nested.space.normalize)
+            check_distill(train.distill, sampler)
+        self.accumulate, self.grad_clip, self.distill = train.accumulate, train.grad_clip, train.distill
+        self.max_nonfinite_steps, self.seed = train.max_nonfinite_steps, int(seed)
         space = nested.space
-        self.val_subnets = [space.normalize(s) for s in (val_subnets or default_val_subnets(nested))]
-        self.subnet_weights = {str(space.normalize(k)): v for k, v in options.subnet_weights.items()}
+        self.val_subnets = [
+            space.normalize(s) if isinstance(s, str) else s
+            for s in (val_subnets or default_val_subnets(nested))
+        ]
+        self.subnet_weights = dict(train.subnet_weights)
         self.nonfinite_in_a_row = 0  # optimizer steps skipped in a row for a NaN/inf loss or gradient
         self.skipped_steps = 0
         self._step_losses: list[tuple[Subnet, torch.Tensor]] = []
@@ -105,7 +100,7 @@ class SortedNetModule(L.LightningModule):
         self._step_loss: torch.Tensor | float = 0.0  # mean loss of the current optimizer step so far
         self._step_started = time.perf_counter()
         self._val_sums: dict[Subnet, torch.Tensor] = {}
-        self.compile_backend = compile_backend(options.compile)
+        self.compile_backend = train.compile
         self._train_forward: Callable[..., Any] | None = None  # the compiled model's call (train.compile)
 
     # ---- optimisation -------------------------------------------------------------------------

@@ -4,8 +4,8 @@ model is loaded; SortedNetModule takes them as they are."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from ..checks import number
@@ -69,28 +69,51 @@ class Distill:
 
 @dataclass(frozen=True)
 class Train:
-    """How each optimizer step is made (`train.*` but the Maestro `rank` options, which MaestroCallback owns)."""
+    """How each optimizer step is made (`train.*` but the Maestro `rank` options, which MaestroCallback owns).
+
+    `members` (the space's `normalize`) spells every key of `subnet_weights` as the space does; `compile` becomes
+    the torch.compile backend's name, or None."""
 
     accumulate: int = 1
     grad_clip: float | None = 1.0
     subnet_weights: Mapping[str, float] = field(default_factory=dict)
     distill: Distill = field(default_factory=Distill)
     max_nonfinite_steps: int = 3
-    compile: bool | str = False  # see sortednet/train/compiled.py
+    compile: bool | str | None = False  # see sortednet/train/compiled.py
+    members: InitVar[Callable[[Any], Any] | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, members: Callable[[Any], Any] | None) -> None:
         set_ = object.__setattr__
-        compile_backend(self.compile)  # checks the value
+        set_(self, "compile", compile_backend(self.compile))
         set_(self, "accumulate", number("train.accumulate", self.accumulate, int, low=1))
         if self.grad_clip is not None:
             set_(self, "grad_clip", number("train.grad_clip", self.grad_clip, low=0, low_open=True))
-        set_(self, "subnet_weights", parse_subnet_weights(self.subnet_weights))
+        weights = parse_subnet_weights(self.subnet_weights)
+        if members is not None:
+            weights = {str(_member(members, k)): v for k, v in weights.items()}
+        set_(self, "subnet_weights", weights)
         if isinstance(self.distill, Mapping):
             set_(self, "distill", Distill(**self.distill))
         set_(
             self,
             "max_nonfinite_steps",
             number("train.max_nonfinite_steps", self.max_nonfinite_steps, int, low=1),
+        )
+
+
+def _member(members: Callable[[Any], Any], key: str) -> Any:
+    try:
+        return members(key)
+    except ValueError as err:
+        raise ValueError(f"train.subnet_weights: {err}") from None
+
+
+def check_distill(distill: Distill, sampler: Any) -> None:
+    """In-place distillation learns from the largest member of the same step: the sampler must draw it."""
+    if distill.enabled and not sampler.guarantees_largest:
+        raise ValueError(
+            f"train.distill.enabled=true needs the largest subnet in every step, which sampler={sampler.name!r} "
+            "cannot guarantee; use sampler=sandwich or sampler=all"
         )
 
 

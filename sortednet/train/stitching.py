@@ -25,13 +25,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import default_collate
 
 from ..checks import number
+from ..data.loader import epoch_order, first_batches
 from ..stitch import StitchConfig, StitchedModel, StitchSpace, stitch
 from ..stitch.anchors import check_anchors, layer_list, parts_of
 from ..stitch.space import AnchorInfo
 from ..tasks import Task
-from .calibrate import _say, calibration_batches
+from .console import say
 from .models import ModelSpec
 
 OWN_KEYS = ("anchors", "calibration_batches", "pretrain_steps", "pretrain_lr")
@@ -103,10 +105,10 @@ class Stitching:
         for i, (name, model) in enumerate(models.items()):
             if self.pretrain_steps:
                 pretrain(name, model, data, task, self.pretrain_steps, self.pretrain_lr, seed + i)
-        batches = calibration_batches(data, self.calibration_batches) if self.calibration_batches else None
+        batches = first_batches(data, self.calibration_batches) if self.calibration_batches else None
         start = time.perf_counter()
         stitched = stitch(models, batches, config=self.config)
-        _say(
+        say(
             f"stitch: {len(stitched.space)} members over anchors {', '.join(stitched.anchors)}, "
             + (
                 f"stitching layers fitted by least squares on {len(batches)} training batches "
@@ -121,10 +123,6 @@ class Stitching:
 def pretrain(name: str, model: nn.Module, data: Any, task: Task, steps: int, lr: float, seed: int) -> None:
     """Train one anchor alone for `steps` AdamW steps on the run's training data (epochs in the seed's order,
     the same on every rank), for anchors built from a config rather than loaded pretrained."""
-    from torch.utils.data import default_collate
-
-    from ..data.loader import epoch_order
-
     torch.manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -150,7 +148,7 @@ def pretrain(name: str, model: nn.Module, data: Any, task: Task, steps: int, lr:
             if step == steps:
                 break
         epoch += 1
-    _say(
-        f"stitch.pretrain_steps={steps}: anchor {name} trained alone, loss {first:.3f} -> {float(loss):.3f} "
+    say(
+        f"stitch.pretrain_steps={steps}: anchor {name} trained alone, loss {first:.3f} -> {float(loss.detach()):.3f} "
         f"in {time.perf_counter() - start:.1f} s"
     )

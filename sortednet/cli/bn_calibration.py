@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ..bn_calibration import calibrate_subnets, needs_calibration
+from ..checkpoint import run_metadata
 from ..spec import Subnet
+from .run_data import build_data
 
 
 def calibrate_missing(
@@ -25,8 +27,6 @@ def calibrate_missing(
     if not missing:
         return []
     if data is None:
-        from .eval import build_data
-
         data, _ = build_data(meta)
     data.setup("fit")
     calibrate_subnets(nested, missing, data.train_dataloader(), batches)
@@ -35,7 +35,5 @@ def calibrate_missing(
 
 def store(nested: Any, path: str | Path, **extra: Any) -> None:
     """Rewrite the one-file checkpoint with the nested model's calibrated statistics (weights unchanged)."""
-    from ..checkpoint import run_metadata
-
     nested.to("cpu")
     nested.save(path, metadata={**run_metadata(path), **extra})
