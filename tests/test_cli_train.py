@@ -94,7 +94,9 @@ def test_check_validates_a_config_without_building_or_writing_anything(tmp_path)
     assert ok.stdout.rstrip().endswith("config OK: nothing was built or written")
     bad = cli("--check", "optim.lr=fast", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stdout == ""
-    assert bad.stderr.strip() == "sortednet-train: error: optim.lr='fast' is not a number; allowed: a number > 0"
+    assert (
+        bad.stderr.strip() == "sortednet-train: error: optim.lr='fast' is not a number; allowed: a number > 0"
+    )
     typo = cli("--check", "samplr=all", cwd=tmp_path)
     assert typo.returncode == 2 and len(typo.stderr.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
