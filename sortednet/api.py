@@ -9,7 +9,7 @@ imports this module.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,10 @@ from . import nest as nested_kind
 from . import reference as ref
 from .checkpoint import family_of, resolve
 from .checkpoint import read_metadata as read_file_header
+from .depth_order import ranking as ranking_of
 from .export import read_submodel
 from .families import AnyFamily, StageFamily, family_for
-from .importance import reorder
+from .importance import block_influence, reorder
 from .layers import LayerList, Wrapper
 from .many import Kind, ManyInOneModel
 from .pooling import pooled_refusal
@@ -43,7 +44,12 @@ def _empty_nested(meta: Mapping[str, Any]) -> nested_kind.NestedModel:
         pooling=options.get("pooling"),
         head=options.get("head"),
         bn=options.get("bn"),
+        ranking=(meta.get("depth_order") or {}).get("ranking"),
     )
+
+
+def depth_ranking(order: str, influence: Sequence[float]) -> tuple[int, ...]:
+    return ranking_of(order, len(influence), influence)
 
 
 def _load_nested(path: Path, meta: Mapping[str, Any]) -> nested_kind.NestedModel:
@@ -108,6 +114,7 @@ def nest(
     order: str | None = None,
     batches: Iterable[Mapping[str, Any]] = (),
     loss: Callable[[nn.Module, Mapping[str, Any]], Any] | None = None,
+    ranking: Sequence[int] | None = None,
 ) -> nested_kind.NestedModel:
     """Wrap `model` in place so that every subnet of `space` can run; at the largest it is unchanged.
 
@@ -148,10 +155,20 @@ def nest(
             kind.quick_check(family, model, dims, kind)  # type: ignore[misc]
 
     assert kind.nest is not None
+    batches = list(batches)
+    if space.depth_order == "influence" and ranking is None:
+        if not batches:
+            raise ValueError(
+                "nesting.depth_order=influence ranks the layers by their block influence on calibration "
+                "batches; give them: nest(model, space, batches=...)"
+            )
+        ranking = depth_ranking("influence", block_influence(model, batches))
     record = None
     if order is not None and "rank" in space.dims:
         record = reorder(model, batches, method=order, dims=space.dims, loss=loss)
-    nested = kind.nest(model, space, family, pooling=pooling, head=head, bn=bn, verify=verify)
+    nested = kind.nest(
+        model, space, family, pooling=pooling, head=head, bn=bn, verify=verify, ranking=ranking
+    )
     if order is not None and record is None:
         record = reorder(nested, batches, method=order, loss=loss)
     if record is not None:

@@ -56,11 +56,17 @@ def nest_stages(
     head: str | None = None,
     bn: str | None = None,
     verify: Any = None,
+    ranking: Any = None,
 ) -> ConvNestedModel:
     """`nest()` for a stage family; every value is checked before the model changes."""
     if pooling or head not in (None, "shared"):
         raise ValueError(
             f"pooling/head options are for transformers; model family {family.name!r} takes neither"
+        )
+    if space.depth_order is not None or ranking is not None:
+        raise ValueError(
+            f"nesting.depth_order={space.depth_order!r}: model family {family.name!r} keeps the first blocks of "
+            "every stage (blocks change shape between stages); allowed: depth_order=prefix"
         )
     bn = bn or "batch"
     if bn not in BN_MODES:

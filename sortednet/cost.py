@@ -1,6 +1,7 @@
 """Exact parameter counts for every subnet of a space, vectorised (no model built per subnet).
 
-A subnet holds the shared tensors (embeddings, norms, heads) and those of its first `depth` layers; with a
+A subnet holds the shared tensors (embeddings, norms, heads) and those of the `depth` layers it keeps
+(sortednet.depth_order: the first `depth` unless the space orders them otherwise); with a
 head per depth (sortednet.heads), only its own depth's head. A
 sliced projection in a layer holds out x in (+ out for its bias), each side at its role's active width.
 Any other tensor shrinks only with the hidden size d, along the axes its wrapper slices: with k such axes
@@ -14,6 +15,7 @@ from collections import defaultdict
 import numpy as np
 from torch import nn
 
+from .depth_order import position
 from .heads import DepthHeads
 from .layers import LowRankLinear, SlicedEmbedding, SlicedLinear, SlicedNorm, SlicedOutput
 
@@ -63,6 +65,7 @@ def param_cost_fn(nested):
     counts min(r (out + in), out x in): its factors, or the dense weight when that is smaller."""
     family, full, model = nested.family, nested.full, nested.model
     hidden = full["hidden"]
+    place = position(nested.ranking)  # layer i runs at depth k when place[i] < k
     layers = model.base_model.get_submodule(family.layers)
     axes = hidden_axes(model, hidden) if "hidden" in nested.space.dims else {}
     per_layer = []  # per layer: (rest terms, [(out_roles, in_role, has_bias, LowRankLinear | None)])
@@ -104,7 +107,7 @@ def param_cost_fn(nested):
                 if low_rank is not None:
                     dense = np.minimum(dense, _ranks(s["rank"], low_rank) * (width + fan_in))
                 count = count + dense + (width if has_bias else 0)
-            total = total + np.where(s["depth"] > index, count, 0)
+            total = total + np.where(s["depth"] > place[index], count, 0)
         return np.asarray(total, dtype=np.float64)
 
     return cost

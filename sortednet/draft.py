@@ -8,13 +8,14 @@ tensor that is *replaced* (a new Parameter assigned) is no longer seen: build th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
 from . import hf
+from .export import renumbering
 from .heads import head_aliases
 
 ALLOWED = (
@@ -32,6 +33,7 @@ def draft(
     source: Mapping[str, torch.Tensor],
     name: str,
     factorised: bool = False,
+    kept: Sequence[int] | None = None,
 ) -> nn.Module:
     """The plain model of one subnet (`sizes`) whose parameters are views of the nested tensors `source` (frozen:
     requires_grad False). `name` is the subnet's spelling, for the messages."""
@@ -46,14 +48,16 @@ def draft(
     except ValueError as err:
         raise refuse(str(err).partition(";")[0]) from None
     aliases = head_aliases(source, sizes.get("depth", full["depth"]))  # head=per_depth: this depth's copy
-    small = hf.empty_model(cls, family.sub_config(config, full, sizes))
+    small = hf.empty_model(cls, family.sub_config(config, full, sizes, kept))
+    renumber = renumbering(family, kept)
 
     def view(key: str, shape: tuple[int, ...]) -> torch.Tensor:
         parts, axis = family.slices(key, shape, full, sizes)
         index = _one_slice(parts, axis)
         if index is None:
             raise refuse(f"{key} is a fused projection whose blocks shrink apart, so it is not one view")
-        return source[aliases.get(key, key)][index]
+        stored = renumber(key)
+        return source[aliases.get(stored, stored)][index]
 
     small = hf.fill_model(small, view)
     small.requires_grad_(False)

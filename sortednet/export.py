@@ -6,7 +6,7 @@ one-file checkpoint, nothing else read; `sortednet.load_submodel` calls it).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from . import hf
+from . import depth_order, hf
 from .checkpoint import family_of
 from .families import Family
 from .heads import head_aliases
@@ -48,12 +48,15 @@ def build_submodel(
     read_slice,
     aliases: Mapping[str, str] | None = None,
     factorized: Mapping[str, tuple[bool, int]] | None = None,
+    kept: Sequence[int] | None = None,
 ) -> nn.Module:
     """Build the plain smaller model; `read_slice(key, index)` returns a new tensor for one index tuple.
-    A factorised projection's weight is fused: U[rows, :r] @ V[:r, cols] for each of its blocks."""
+    A factorised projection's weight is fused: U[rows, :r] @ V[:r, cols] for each of its blocks. `kept`: the
+    layers the sub-model runs (default: the first `depth`); its layer j reads layer kept[j]."""
     family.check_export(full, sizes, cls.__name__)
-    small = hf.empty_model(cls, family.sub_config(config, full, sizes))
+    small = hf.empty_model(cls, family.sub_config(config, full, sizes, kept))
     aliases, factorized = aliases or {}, factorized or {}
+    renumber = renumbering(family, kept)
 
     def fused(prefix: str, idx: tuple[slice, ...]) -> torch.Tensor:
         transposed, r = factorized[prefix]
@@ -63,7 +66,8 @@ def build_submodel(
 
     def read(key: str, shape: tuple[int, ...]) -> torch.Tensor:
         parts, axis = family.slices(key, shape, full, sizes)
-        source = aliases.get(key, key)
+        source = renumber(key)
+        source = aliases.get(source, source)
         prefix, _, leaf = source.rpartition(".")
         if leaf == "weight" and prefix in factorized:
             tensors = [fused(prefix, idx) for idx in parts]
@@ -75,6 +79,20 @@ def build_submodel(
         return out.contiguous()  # an in-dim slice of a file view is strided; save_pretrained needs contiguous
 
     return hf.fill_model(small, read)
+
+
+def renumbering(family: Family, kept: Sequence[int] | None) -> Callable[[str], str]:
+    """key of the sub-model -> key of the nested model: its layer j is the nested model's layer kept[j]."""
+    if kept is None or list(kept) == list(range(len(kept))):
+        return lambda key: key
+
+    def source(key: str) -> str:
+        match = family.layer_key(key)
+        if match is None:
+            return key
+        return f"{key[: match.start(2)]}{kept[int(match.group(2))]}{key[match.end(2) :]}"
+
+    return source
 
 
 def read_submodel(
@@ -94,6 +112,7 @@ def read_submodel(
         full["rank"] = max(e["full_rank"] for e in low_rank.values())
     space = NestingSpace.from_dict(meta["space"]).bind(full, lambda d, v: family.resolve(full, d, v), None)
     sizes = space.resolve(subnet)
+    kept = depth_order.kept(stored_ranking(meta, full["depth"]), sizes.get("depth", full["depth"]))
     with safe_open(str(path), framework="pt") as f:
         aliases = {**meta.get("aliases", {}), **head_aliases(f.keys(), sizes.get("depth", full["depth"]))}
         if aliases_for is not None:
@@ -107,4 +126,11 @@ def read_submodel(
             lambda key, idx: f.get_slice(key)[idx],
             aliases,
             factorized_ranks(low_rank, full, sizes, space),
+            kept,
         )
+
+
+def stored_ranking(meta: Mapping[str, Any], layers: int) -> tuple[int, ...]:
+    """The depth order a checkpoint's model was nested with (its header's `depth_order` record)."""
+    record = meta.get("depth_order") or {}
+    return depth_order.ranking(record.get("ranking"), layers)

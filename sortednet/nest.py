@@ -8,7 +8,7 @@ check of an unverified family and dispatches to one of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,12 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from . import hf
+try:  # the generate() keywords that hold a KV cache: `past_key_values` became `cache` in transformers 5.x
+    from transformers.generation.utils import ALL_CACHE_NAMES
+except ImportError:
+    ALL_CACHE_NAMES = ["past_key_values"]
+
+from . import depth_order, hf
 from .checkpoint import damaged
 from .cost import param_cost_fn
 from .draft import draft
@@ -55,9 +60,11 @@ def nest_layers(
     head: str | None = None,
     bn: str | None = None,
     verify: Callable[[tuple[str, ...]], None] | None = None,
+    ranking: Sequence[int] | None = None,
 ) -> NestedModel:
     """Nest a transformers model of a layer family; every value is checked, then `verify(dims)` runs (the quick
-    check of an unverified family), then the model is changed."""
+    check of an unverified family), then the model is changed. `ranking`: the layers in the order depth keeps
+    them (sortednet.depth_order; default: what the space's `depth_order` gives without data)."""
     if bn is not None:
         raise ValueError(
             f"bn={bn!r} is for BatchNorm networks; model family {family.name!r} has no BatchNorm"
@@ -70,6 +77,7 @@ def nest_layers(
         targets = [path for path in family.rank_targets(space.rank_targets) if path in present]
         full["rank"] = max(min(layer.get_submodule(path).weight.shape) for path in targets)
     bound = space.bind(full, lambda d, v: family.resolve(full, d, v), None)  # every check, before any change
+    order = depth_order.ranking(space.depth_order if ranking is None else ranking, full["depth"])
     reader = check_pooling(model, pooling)
     check_head(model, head, bound.dims, reader)
     if verify is not None:
@@ -77,7 +85,7 @@ def nest_layers(
     options: dict[str, Any] = {"pooling": pooling} if pooling == "mean" else {}
     if head == "per_depth":
         options["head"] = head
-    nested = NestedModel(model, bound, family, full, options)
+    nested = NestedModel(model, bound, family, full, options, order)
     bound.set_cost(param_cost_fn(nested))
     return nested
 
@@ -98,6 +106,7 @@ class NestedModel(ManyInOneModel):
         family: Any,
         full: Mapping[str, int],
         options: Mapping[str, Any] | None = None,
+        ranking: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -105,9 +114,14 @@ class NestedModel(ManyInOneModel):
         self.space = space
         self.family = family
         self.full = dict(full)
+        # the layers in the order depth keeps them (sortednet.depth_order): depth=k runs the first k, in sequence
+        self.ranking: tuple[int, ...] = tuple(ranking) if ranking is not None else tuple(range(full["depth"]))
         self.state = NestState(self._full_roles())
         self._hooks: list[Any] = []  # handles of the hooks sortednet registered (unnest removes only these)
         self._switch_cache: dict[Any, tuple[Subnet, Any]] = {}
+        self._renumbered = (
+            False  # some layer_idx is not its layer's own (a sub-model skipping layers is active)
+        )
         self._inject()
         self._active = self.activate(space.largest)
 
@@ -131,6 +145,17 @@ class NestedModel(ManyInOneModel):
         replace(base, self.family.layers, layers)
         self.__dict__["_layers"] = layers  # not a submodule of this module: it lives in the model
         self._patched: list[tuple[nn.Module, str, str]] = []
+        # modules that index the KV cache by their layer (attention's layer_idx): renumbered on a switch, so that a
+        # sub-model that skips layers fills a cache of its own depth, as its exported model would
+        self._indexed = [
+            [m for m in layer.modules() if isinstance(m.__dict__.get("layer_idx"), int)]
+            for layer in layers.every_layer()
+        ]
+        self._own_indexes = [(m, i) for i, modules in enumerate(self._indexed) for m in modules]
+        types = getattr(self.model.config, "layer_types", None)
+        self._layer_types = LayerTypes(types) if isinstance(types, list) else None
+        if self._layer_types is not None:
+            self.model.config.layer_types = self._layer_types
         full_roles = self.family.role_sizes(self.full, {})
         low_rank = (
             set(self.family.rank_targets(self.space.rank_targets)) if "rank" in self.space.dims else set()
@@ -181,6 +206,8 @@ class NestedModel(ManyInOneModel):
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
+        if self._layer_types is not None:
+            self.model.config.layer_types = list(self._layer_types)
         return unwrap(self.model)
 
     # ---- switching ----------------------------------------------------------------------------
@@ -194,18 +221,32 @@ class NestedModel(ManyInOneModel):
         self._switch(plan)
         return self._active
 
+    def kept(self, subnet: Subnet | str) -> tuple[int, ...]:
+        """The layers `subnet` runs, in their original sequence."""
+        return depth_order.kept(self.ranking, self.sizes(subnet)["depth"])
+
     def _switch_plan(self, subnet: Subnet) -> Any:
-        """What a switch to `subnet` sets (computed once per subnet): the role widths and the layers that run."""
+        """What a switch to `subnet` sets (computed once per subnet): the role widths, the layers that run and
+        the cache index of each."""
         roles = self.family.role_sizes(self.full, self.space.resolve(subnet))
-        layers = self._layers.every_layer()
-        return roles, None if roles["depth"] == len(layers) else tuple(layers[: roles["depth"]])
+        kept = self.kept(subnet)
+        every = self._layers.every_layer()
+        layers = None if len(kept) == len(every) else tuple(every[i] for i in kept)
+        renumbered = [(m, j) for j, i in enumerate(kept) for m in self._indexed[i] if j != i]
+        return roles, layers, self._own_indexes + renumbered if renumbered else [], kept
 
     def _switch(self, plan: Any) -> None:
-        roles, layers = plan
+        roles, layers, indexes, kept = plan
         self.state.set(roles)
         self._layers.active = layers
+        if self._layer_types is not None:
+            self._layer_types.kept = None if layers is None else kept
         for module, attr, role in self._patched:
             module.__dict__[attr] = roles[role]  # a plain int: skip nn.Module.__setattr__'s checks (hot path)
+        if indexes or self._renumbered:
+            for module, index in indexes or self._own_indexes:
+                module.__dict__["layer_idx"] = index
+        self._renumbered = bool(indexes)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.model(*args, **kwargs)
@@ -288,6 +329,7 @@ class NestedModel(ManyInOneModel):
             lambda key, idx: source[key][idx].clone(memory_format=torch.contiguous_format),
             self.aliases(normal, source),
             factorized=factorized_ranks(self.low_rank_info(), self.full, sizes, self.space),
+            kept=self.kept(normal),
         )
 
     def _refuse_pooled(self, what: str) -> None:
@@ -312,7 +354,29 @@ class NestedModel(ManyInOneModel):
             self.base_state_dict(),
             str(subnet),
             factorised=bool(self.low_rank_modules()),
+            kept=self.kept(subnet),
         )
+
+    def _depth_order_record(self) -> dict[str, Any]:
+        return depth_order_record(self.space, self.ranking)
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """The model's own `generate`; for a sub-model that skips layers, with a KV cache of its own depth (its
+        layers' attention types, as its exported model would have)."""
+        kept = self.kept(self._active)
+        skips = kept != tuple(range(len(kept)))
+        name = "cache" if "cache" in ALL_CACHE_NAMES else "past_key_values"  # transformers renamed it in 5.x
+        if (
+            skips
+            and not any(kwargs.get(n) is not None for n in ALL_CACHE_NAMES)
+            and kwargs.get("use_cache", True)
+        ):
+            from transformers import DynamicCache
+
+            sizes = self.space.resolve(self._active)
+            sub = self.family.sub_config(self.model.config, self.full, sizes, kept)
+            kwargs[name] = DynamicCache(config=sub)
+        return self.model.generate(*args, **kwargs)
 
     def header(self, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """What the one-file checkpoint's header records beside the tensors (`sortednet.checkpoint`)."""
@@ -324,6 +388,7 @@ class NestedModel(ManyInOneModel):
             "family": self.family.to_dict(),
             "low_rank": self.low_rank_info(),
             "options": self.options,
+            **self._depth_order_record(),
             **self.metadata,
             **(metadata or {}),
         }
@@ -367,6 +432,28 @@ def check_header(path: Path, meta: Mapping[str, Any]) -> None:
         NestingSpace.from_dict(meta["space"])
     except (ValueError, TypeError) as err:
         raise damaged(path, f"space: {err}") from None
+
+
+class LayerTypes(list):
+    """`config.layer_types` of a nested model. HF models pick a layer's attention mask by its place in the loop
+    (`causal_mask_mapping[config.layer_types[i]]`), so while a sub-model that skips layers is active, entry i
+    answers for its i-th kept layer. Iteration, `len` and JSON see the model's own list."""
+
+    kept: tuple[int, ...] | None = None
+
+    def __getitem__(self, index):  # type: ignore[override]
+        kept = self.kept
+        if kept is None or isinstance(index, slice):
+            return super().__getitem__(index)
+        return super().__getitem__(kept[index])
+
+
+def depth_order_record(space: NestingSpace, ranking: Sequence[int]) -> dict[str, Any]:
+    """What the header records of the depth order: nothing for the first-k prefix."""
+    if depth_order.is_prefix(tuple(ranking)):
+        return {}
+    order = space.depth_order
+    return {"depth_order": {"method": order if isinstance(order, str) else "given", "ranking": list(ranking)}}
 
 
 def is_norm(module: nn.Module) -> bool:

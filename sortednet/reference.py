@@ -159,7 +159,9 @@ def _widths(full: Mapping[str, int], sizes: Mapping[str, int]) -> dict[str, int]
     }
 
 
-def _smaller_config(config: Any, family: Family, full: Mapping[str, int], sizes: Mapping[str, int]) -> Any:
+def _smaller_config(
+    config: Any, family: Family, full: Mapping[str, int], sizes: Mapping[str, int], layers: list[int]
+) -> Any:
     new = copy.deepcopy(config)
     kv_heads = sizes["heads"] * full["kv_heads"] // full["heads"]
     values = {**sizes, "kv_heads": kv_heads}
@@ -169,8 +171,13 @@ def _smaller_config(config: Any, family: Family, full: Mapping[str, int], sizes:
     if family.head_dim_in_config:
         setattr(new, family.head_dim_key, full["head_dim"])
     if isinstance(getattr(config, "layer_types", None), list):
-        new.layer_types = config.layer_types[: sizes["depth"]]
+        new.layer_types = [config.layer_types[i] for i in layers]
     return new
+
+
+def every_other(depth: int, keep: int) -> list[int]:
+    """The layers `depth_order=every_other` keeps at depth `keep` (its definition: 0, 2, 4, ... then 1, 3, ...)."""
+    return sorted([*range(0, depth, 2), *range(1, depth, 2)][:keep])
 
 
 def reference_model(
@@ -180,21 +187,26 @@ def reference_model(
     full: Mapping[str, int],
     sizes: Mapping[str, int],
     state: Mapping[str, torch.Tensor],
+    layers: list[int] | None = None,
 ) -> nn.Module | None:
-    """The plain model of a subnet's shape with the full model's weights cut to it. When the class cannot
+    """The plain model of a subnet's shape with the full model's weights cut to it; `layers`: the full model's
+    layers it keeps (default: the first `depth`), its layer j being layer layers[j]. When the class cannot
     have that head count (its head size is derived), the heads are kept and the inputs that the dropped heads
     feed (the projections whose input role is `q`) are zeroed; None if the hidden size is cut as well."""
     heads_cut = not expressible(family, full, sizes)
     if heads_cut and sizes["hidden"] != full["hidden"]:
         return None
+    layers = list(range(sizes["depth"])) if layers is None else layers
     shape = {**sizes, "heads": full["heads"]} if heads_cut else dict(sizes)
-    model = cls(_smaller_config(config, family, full, shape)).eval()
+    model = cls(_smaller_config(config, family, full, shape, layers)).eval()
     fused = _fused_blocks(family, full, shape)
+    layer = re.compile(rf"((?:^|\.){re.escape(family.layers)}\.)(\d+)\.")
     cut = {}
     for key, target in model.state_dict().items():
-        if key not in state:
+        source = layer.sub(lambda m: f"{m.group(1)}{layers[int(m.group(2))]}.", key, count=1)
+        if source not in state:
             raise ValueError(f"the smaller model has {key!r}, which the full model lacks")
-        cut[key] = _cut(state[key], tuple(target.shape), fused(key))
+        cut[key] = _cut(state[source], tuple(target.shape), fused(key))
     model.load_state_dict(cut, strict=True)
     if heads_cut:
         _zero_dropped_heads(model, family, sizes["depth"], sizes["heads"] * full["head_dim"])

@@ -13,6 +13,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 DIMENSIONS = ("depth", "hidden", "heads", "ffn", "rank", "channels")
+DEPTH_ORDERS = (
+    "prefix",
+    "every_other",
+    "influence",
+)  # or a ranking: a list of layer indices, most important first
 Value = int | float
 # Vectorised cost: {dim: int array of absolute sizes} -> float array. Set by binding.
 CostFn = Callable[[Mapping[str, np.ndarray]], np.ndarray]
@@ -47,6 +52,29 @@ def parse_value(dim: str, text: str) -> Value:
             f"{dim}={text!r} is not a number; allowed: an int >= 1 or a fraction in (0, 1]"
         ) from None
     return check_value(dim, value)
+
+
+def check_depth_order(order: object, has_depth: bool) -> str | tuple[int, ...] | None:
+    """`depth_order`: prefix (None), every_other, influence, or a ranking of layer indices (most important
+    first; checked against the model's layer count when the space is bound)."""
+    if order is None or order == "prefix":
+        return None
+    if not has_depth:
+        raise ValueError(f"nesting space depth_order={order!r} is set but depth is not; give depth=[...] too")
+    if isinstance(order, str):
+        if order not in DEPTH_ORDERS:
+            raise ValueError(
+                f"nesting.depth_order={order!r} is unknown; allowed: {', '.join(DEPTH_ORDERS)} or a list of "
+                "layer indices, most important first"
+            )
+        return order
+    ranking = list(order) if isinstance(order, Iterable) else [order]
+    if not ranking or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ranking):
+        raise ValueError(
+            f"nesting.depth_order={ranking!r} is not a list of layer indices; allowed: {', '.join(DEPTH_ORDERS)} "
+            "or a list of layer indices, most important first"
+        )
+    return tuple(int(i) for i in ranking)
 
 
 class Subnet:
@@ -118,10 +146,12 @@ class NestingSpace:
         values: Mapping[str, Iterable[Value]] | None = None,
         *,
         rank_targets: Iterable[str] | None = None,
+        depth_order: str | Iterable[int] | None = None,
         **dims: Iterable[Value],
     ) -> None:
         merged = {**(values or {}), **dims}
         targets = merged.pop("rank_targets", None) if rank_targets is None else rank_targets
+        order = merged.pop("depth_order", None) if depth_order is None else depth_order
         # which projections `rank` factorises: layer-relative name patterns (fnmatch); None = the family's all
         self.rank_targets: tuple[str, ...] | None = None if targets is None else tuple(targets)
         if self.rank_targets is not None and "rank" not in merged:
@@ -149,6 +179,8 @@ class NestingSpace:
             raise ValueError(
                 f"nesting space is empty; give sizes for at least one of {', '.join(DIMENSIONS)}"
             )
+        # which layers depth=k keeps: the first k of a ranking (see sortednet.depth_order); None = prefix
+        self.depth_order: str | tuple[int, ...] | None = check_depth_order(order, "depth" in self.values)
         self.full: dict[str, int] | None = None
         self._resolved: dict[str, tuple[int, ...]] | None = None
         self._cost_fn: CostFn | None = None
@@ -160,7 +192,7 @@ class NestingSpace:
         self, full: Mapping[str, int], resolve: Callable[[str, Value], int], cost_fn: CostFn | None
     ) -> NestingSpace:
         """A copy bound to a model: `resolve(dim, value)` validates and gives the absolute size."""
-        bound = NestingSpace(self.values, rank_targets=self.rank_targets)
+        bound = NestingSpace(self.values, rank_targets=self.rank_targets, depth_order=self.depth_order)
         bound.full = dict(full)
         bound._resolved = {d: tuple(resolve(d, v) for v in vals) for d, vals in self.values.items()}
         for dim, sizes in bound._resolved.items():
@@ -312,6 +344,9 @@ class NestingSpace:
         out: dict[str, list] = {d: list(v) for d, v in self.values.items()}
         if self.rank_targets is not None:
             out["rank_targets"] = list(self.rank_targets)
+        if self.depth_order is not None:
+            order = self.depth_order
+            out["depth_order"] = order if isinstance(order, str) else list(order)  # type: ignore[assignment]
         return out
 
     @classmethod
@@ -336,6 +371,7 @@ class NestingSpace:
             isinstance(other, NestingSpace)
             and self.values == other.values
             and self.rank_targets == other.rank_targets
+            and self.depth_order == other.depth_order
         )
 
     def __repr__(self) -> str:

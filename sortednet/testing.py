@@ -227,18 +227,36 @@ class _Checker:
         self.report.subnets += len(subnets) + 1
         if not quick:
             self.check_round_trip(nested, subnets)
+            if "depth" in dims:
+                self.check_depth_order()
+
+    def check_depth_order(self) -> None:
+        """depth_order=every_other: a sub-model that skips layers against the plain model of its kept layers."""
+        self.stage = "nest() with depth_order=every_other"
+        depth = self.full["depth"]
+        space = NestingSpace(depth=[depth // 2, depth], depth_order="every_other")
+        model = ref.random_model(self.cls, self.config, self.seed)
+        nested = self.kind.nest(model, space, self.family)
+        subnet = Subnet(depth=depth // 2)
+        self.check_subnet(nested, subnet, generate=True, layers=ref.every_other(depth, depth // 2))
+        self.check_round_trip(nested, [subnet])
+        self.report.subnets += 1
 
     def sizes(self, subnet: Subnet) -> dict[str, int]:
         return {**self.full, **{d: int(v) for d, v in subnet.items()}}
 
-    def check_subnet(self, nested: Any, subnet: Subnet, generate: bool) -> None:
+    def check_subnet(
+        self, nested: Any, subnet: Subnet, generate: bool, layers: list[int] | None = None
+    ) -> None:
         sizes = self.sizes(subnet)
         self.stage = f"subnet {subnet} under use()"
         with nested.use(subnet):
             got = ref.output(nested, self.batch)
         self.stage = f"subnet {subnet}, its plain reference"
         plain = ref.expressible(self.family, self.full, sizes)
-        reference = ref.reference_model(self.cls, self.config, self.family, self.full, sizes, self.state)
+        reference = ref.reference_model(
+            self.cls, self.config, self.family, self.full, sizes, self.state, layers
+        )
         if reference is None:
             self.report.skipped.append(
                 f"{subnet} (no plain {self.cls.__name__} has a hidden size of {sizes['hidden']} "

@@ -118,7 +118,7 @@ def test_sortednet_train_reorders_records_and_info_shows_it(tmp_path, capsys):
     # a resume keeps the order it started with: the record comes from the checkpoint (no calibration) ...
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     checked = check_config(config(tmp_path, f"ckpt_path={ckpt}", "nesting.reorder=activation"))
-    assert checked.permutation == meta["permutation"]
+    assert checked.resumed["permutation"] == meta["permutation"]
     # ... and another nesting.reorder is refused before training
     with pytest.raises(SystemExit) as exit_info:
         run(config(tmp_path, f"ckpt_path={ckpt}", "nesting.reorder=taylor"))

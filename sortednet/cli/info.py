@@ -65,6 +65,9 @@ def elastic_summary(meta: Mapping[str, Any]) -> list[tuple[str, str]]:
     if perm:
         data = f" on {perm.get('batches')} calibration batches" if perm.get("batches") else ""
         lines.append(("importance order", f"{perm.get('method')}{data}: {', '.join(perm.get('dims', []))}"))
+    order = meta.get("depth_order")
+    if order:
+        lines.append(("depth order", f"{order.get('method')}: layers by importance {order.get('ranking')}"))
     influence = meta.get("block_influence")
     if influence and influence.get("values"):
         from ..importance import influence_line

@@ -53,9 +53,13 @@ def build(run: RunConfig) -> tuple[Any, Any]:
                 f"not as checked ({run.space.to_dict()}); give anchors of clearly different sizes"
             )
     else:
-        spec, order = run.model, run.reorder
-        method = order.method if run.permutation is None else None  # a resume's weights are already ordered
-        batches = first_batches(data, order.batches) if method not in (None, "magnitude") else []
+        spec, order, resumed = run.model, run.reorder, run.resumed
+        method = None if "permutation" in resumed else order.method  # a resume's weights are ordered already
+        ranking = (resumed.get("depth_order") or {}).get("ranking")
+        measures = method not in (None, "magnitude") or (
+            getattr(run.space, "depth_order", None) == "influence" and ranking is None
+        )
+        batches = first_batches(data, order.batches) if measures else []
         start = time.perf_counter()
         nested = nest(
             spec.build(data.model_kwargs()),
@@ -66,14 +70,17 @@ def build(run: RunConfig) -> tuple[Any, Any]:
             order=method,
             batches=batches,
             loss=task.model_loss,
+            ranking=ranking,
         )
-        if run.permutation is not None:
-            nested.metadata["permutation"] = run.permutation
+        if "permutation" in resumed:
+            nested.metadata["permutation"] = resumed["permutation"]
         elif method is not None:
             say(
                 f"nesting.reorder={method}: {', '.join(nested.metadata['permutation']['dims'])} ordered by "
                 f"importance on {len(batches)} training batches in {time.perf_counter() - start:.1f} s"
             )
+        if getattr(run.space, "depth_order", None) not in (None, "prefix"):
+            say(f"nesting.depth_order={run.space.depth_order}: layers by importance {list(nested.ranking)}")
     module = SortedNetModule(
         nested,
         task,

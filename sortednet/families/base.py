@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -280,8 +280,15 @@ class Family:
             f"use a family that writes the head size into the config (head_dim_in_config)"
         )
 
-    def sub_config(self, config: Any, full: Mapping[str, int], sizes: Mapping[str, int]) -> Any:
-        """A copy of the config with the subnet's sizes (head size unchanged)."""
+    def sub_config(
+        self,
+        config: Any,
+        full: Mapping[str, int],
+        sizes: Mapping[str, int],
+        kept: Sequence[int] | None = None,
+    ) -> Any:
+        """A copy of the config with the subnet's sizes (head size unchanged); `kept`: the layers it runs (default:
+        the first `depth`), whose per-layer entries (`layer_types`) it keeps."""
         new = copy.deepcopy(config)
         s = {**full, **sizes}
         s["kv_heads"] = s["heads"] * full["kv_heads"] // full["heads"]
@@ -293,8 +300,13 @@ class Family:
             setattr(new, self.head_dim_key, full["head_dim"])
         layer_types = getattr(config, "layer_types", None)
         if isinstance(layer_types, list):
-            new.layer_types = layer_types[: s["depth"]]
+            own = list(layer_types)  # iterated, not indexed: a nested model's list answers by kept layer
+            new.layer_types = [own[i] for i in (kept if kept is not None else range(s["depth"]))]
         return new
+
+    def layer_key(self, key: str) -> re.Match[str] | None:
+        """The layer index in a parameter key (`model.layers.3.mlp.up_proj.weight` -> 3), as a match of group 2."""
+        return re.search(rf"(^|\.){re.escape(self.layers)}\.(\d+)\.", key)
 
     # ---- slicing plan -------------------------------------------------------------------------
     def _fused_patterns(self) -> list[tuple[re.Pattern[str], Projection]]:

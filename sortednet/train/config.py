@@ -69,7 +69,7 @@ class RunConfig:
     optim: Optim
     train: Train
     reorder: Reorder
-    permutation: dict[str, Any] | None  # a resumed run's importance order (its weights are already permuted)
+    resumed: dict[str, Any]  # a resumed run's importance and depth orders (its weights are ordered already)
     eval_table: EvalTable
     model: ModelSpec
     stitching: Stitching | None  # the `stitch` section: anchors stitched instead of a model nested
@@ -143,7 +143,7 @@ def check(cfg: DictConfig) -> RunConfig:
         raise ValueError(f"nesting.reorder={reorder.method} orders a nested model; with stitch: null")
     space = stitching.space() if stitching is not None else make(nesting)
     ckpt_path = str(cfg.ckpt_path) if cfg.ckpt_path else None
-    permutation = reorder.check(space, ckpt_path) if stitching is None else None
+    resumed = reorder.check(space, ckpt_path) if stitching is None else {}
     sampler = make(cfg.sampler, seed=cfg.seed)(space)  # checks the seed too
     seed = sampler.seed
     val_subnets = [_member(space, s, "val.subnets") for s in cfg.val.subnets or []] or None
@@ -179,7 +179,7 @@ def check(cfg: DictConfig) -> RunConfig:
         optim=optim,
         train=train,
         reorder=reorder,
-        permutation=permutation,
+        resumed=resumed,
         eval_table=EvalTable(**container(cfg.eval_table)),
         model=model,
         stitching=stitching,

@@ -35,21 +35,23 @@ class Reorder:
             )
         object.__setattr__(self, "batches", number("nesting.reorder_batches", self.batches, int, low=1))
 
-    def check(self, space: MemberSpace, ckpt_path: str | os.PathLike | None) -> dict[str, Any] | None:
+    def check(self, space: MemberSpace, ckpt_path: str | os.PathLike | None) -> dict[str, Any]:
         """Refuse a space with nothing to permute (depth and rank have no function-preserving order), and a
-        resume that would change the order the run started with; a resume's recorded permutation, or None."""
+        resume that would change the order the run started with. A resume's records (its weights are ordered
+        already): {"permutation": ..., "depth_order": ...}, as its checkpoint has them."""
         if self.method is not None and not set(space.dims) & set(PERMUTABLE):
             raise ValueError(
                 f"nesting.reorder={self.method} has nothing to order: the nesting space nests "
                 f"{', '.join(space.dims)}; allowed: a space with {', '.join(PERMUTABLE)}, or nesting.reorder=null"
             )
         if not ckpt_path or not one_file_path(ckpt_path).is_file():
-            return None  # nothing to compare with: no resume, or the partner is gone
-        stored = read_metadata(one_file_path(ckpt_path)).get("permutation")
+            return {}  # nothing to compare with: no resume, or the partner is gone
+        meta = read_metadata(one_file_path(ckpt_path))
+        stored = meta.get("permutation")
         method = stored.get("method") if stored else None
         if method != self.method:
             raise ValueError(
                 f"nesting.reorder={self.method or 'null'} but ckpt_path={str(ckpt_path)!r} was trained with "
                 f"nesting.reorder={method or 'null'}; resume with the run's own nesting.reorder"
             )
-        return stored
+        return {k: meta[k] for k in ("permutation", "depth_order") if meta.get(k)}
