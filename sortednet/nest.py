@@ -119,9 +119,8 @@ class NestedModel(ManyInOneModel):
         self.state = NestState(self._full_roles())
         self._hooks: list[Any] = []  # handles of the hooks sortednet registered (unnest removes only these)
         self._switch_cache: dict[Any, tuple[Subnet, Any]] = {}
-        self._renumbered = (
-            False  # some layer_idx is not its layer's own (a sub-model skipping layers is active)
-        )
+        self._renumbered = False  # a layer_idx is not its layer's own: a sub-model skipping layers is active
+        self._layer_types: LayerTypes | None = None  # config.layer_types, answering per kept layer
         self._inject()
         self._active = self.activate(space.largest)
 

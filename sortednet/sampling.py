@@ -16,6 +16,10 @@ from .many import MemberSpace
 from .spec import Subnet
 
 WEIGHTINGS = ("uniform", "linear", "inverse", "geometric")
+MIDDLES = (
+    "random",
+    "cycle",
+)  # sampler=sandwich: how the members between the largest and the smallest are drawn
 
 
 class Sampler:
@@ -105,22 +109,45 @@ class UniformSampler(Sampler):
 
 
 class SandwichSampler(Sampler):
-    """Largest + smallest + K-2 others at random (the sandwich rule of US-Nets)."""
+    """Largest + smallest + K-2 others (the sandwich rule of US-Nets). The others are drawn at random
+    (`middle="random"`), or taken in turn from a cycle through every other member (`middle="cycle"`: a new
+    order each round, so each is trained once every ceil(n / (K-2)) steps instead of 1 in n/(K-2) on average)."""
 
     name = "sandwich"
     guarantees_largest = True
 
-    def __init__(self, space: MemberSpace, k: int = 4, seed: int = 0) -> None:
+    def __init__(self, space: MemberSpace, k: int = 4, seed: int = 0, middle: str = "random") -> None:
         if k < 2 and len(space) > 1:
             raise ValueError(f"sampler.k={k} is too small for sampler=sandwich; allowed: k >= 2")
+        if middle not in MIDDLES:
+            raise ValueError(f"sampler.middle={middle!r} is unknown; allowed: {', '.join(MIDDLES)}")
+        self.middle_order = middle
         super().__init__(space, k, seed)
 
     def _tables(self) -> None:
         self.middle = [s for s in self.ordered if s not in (self.largest, self.smallest)]
 
+    def sample(self, step: int, micro: int = 0) -> list[Subnet]:
+        if self.middle_order == "random":
+            return super().sample(step, micro)
+        ends = [self.largest] if self.largest == self.smallest else [self.largest, self.smallest]
+        per_step, n = self.k - len(ends), len(self.middle)
+        if not n or per_step < 1:
+            return ends
+        picks = []
+        for slot in range(step * per_step, step * per_step + min(per_step, n)):
+            turn, place = divmod(slot, n)  # one round: every middle member once, in the round's own order
+            order = np.random.default_rng([self.seed, turn, 1]).permutation(n)
+            picks.append(self.middle[int(order[place])])
+        return ends + list(dict.fromkeys(picks))
+
     def _draw(self, rng: np.random.Generator) -> list[Subnet]:
         ends = [self.largest] if self.largest == self.smallest else [self.largest, self.smallest]
         return ends + self._pick(rng, self.middle, self.k - len(ends))
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        return {**state, "middle": self.middle_order} if self.middle_order != "random" else state
 
 
 class SortedSampler(Sampler):

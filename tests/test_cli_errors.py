@@ -219,5 +219,5 @@ def test_pretrained_models_train_with_dropout_unless_asked(train_mode, tmp_path)
         "nesting.depth=[1,2]",
         "nesting.ffn=[0.5,1.0]",
     )
-    _, module = build(check(cfg))
+    _, module = build(check(cfg), tmp_path)
     assert all(m.training for m in module.nested.modules()) is train_mode

@@ -32,12 +32,13 @@ from .recipes import CONF_DIR, handle
 OmegaConf.register_new_resolver("offline_model", offline_model_path, replace=True)
 
 
-def build(run: RunConfig) -> tuple[Any, Any]:
+def build(run: RunConfig, run_dir: Path) -> tuple[Any, Any]:
     """Data module, many-in-one model and Lightning module, as the checked config says."""
     from ..api import nest
     from ..data.loader import first_batches
     from ..train import SortedNetModule, task_for
     from ..train.console import say
+    from ..train.teacher import build_teacher
 
     L.seed_everything(run.seed, workers=True, verbose=False)
     data = make(run.nodes["data"])
@@ -45,6 +46,7 @@ def build(run: RunConfig) -> tuple[Any, Any]:
     data.setup("fit")
     data.train_dataloader()  # its checks (a batch larger than the data) before anything trains
     task = task_for(data.task)
+    teacher = None
     if run.stitching is not None:
         nested = run.stitching.build(data, task, run.seed, bool(run.ckpt_path))
         if nested.space.to_dict() != run.space.to_dict():
@@ -60,9 +62,24 @@ def build(run: RunConfig) -> tuple[Any, Any]:
             getattr(run.space, "depth_order", None) == "influence" and ranking is None
         )
         batches = first_batches(data, order.batches) if measures else []
+        model = spec.build(data.model_kwargs())
+        distill = run.train.distill
+        if distill.enabled and distill.teacher is not None:
+            teacher = build_teacher(
+                distill,
+                spec,
+                model,
+                run.space,
+                data,
+                task,
+                run.seed,
+                run.optim.lr,
+                run_dir,
+                bool(run.ckpt_path),
+            )
         start = time.perf_counter()
         nested = nest(
-            spec.build(data.model_kwargs()),
+            model,
             run.space,
             pooling=spec.pooling,
             head=spec.head,
@@ -89,6 +106,7 @@ def build(run: RunConfig) -> tuple[Any, Any]:
         train=run.train,
         val_subnets=run.val_subnets,
         seed=run.seed,
+        teacher=teacher,
     )
     return data, module
 
@@ -252,7 +270,7 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
             print(f"sortednet-train: {line} (left by a run that was killed)", file=sys.stderr)
     try:
         with refusing(run_dir, made_by_us):
-            data, module = build(checked)
+            data, module = build(checked, run_dir)
             trainer = make_trainer(checked, run_dir)
         try:
             trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)

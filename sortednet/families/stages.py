@@ -134,8 +134,11 @@ class StageFamily:
     def check_export(self, full: Mapping[str, int], sizes: Mapping[str, int], class_name: str) -> None:
         """Every subnet of a stage family is a plain model of its class."""
 
-    def sub_config(self, config: Any, full: Mapping[str, int], sizes: Mapping[str, int]) -> Any:
-        """A copy of the config with every width scaled and each stage's blocks cut to `depth`."""
+    def sub_config(
+        self, config: Any, full: Mapping[str, int], sizes: Mapping[str, int], kept: Any = None
+    ) -> Any:
+        """A copy of the config with every width scaled and each stage's blocks cut to `depth` (its first blocks:
+        a stage family has no other depth order, so `kept` is the prefix)."""
         new = copy.deepcopy(config)
         channels = sizes.get("channels", full["channels"])
         for key, value in self.stage_widths(config).items():

@@ -23,6 +23,7 @@ from ..sampling import Sampler
 from ..spec import Subnet
 from ..tasks import Task
 from .compiled import compile_model, compiled_graphs
+from .distill import Distiller
 from .distributed import allreduce_gradients, needs_allreduce, reducer_off, world_size
 from .fsdp import configure_sharding, is_sharded_model
 from .optim import NestedAdamW
@@ -76,6 +77,7 @@ class SortedNetModule(L.LightningModule):
         train: Train | Mapping[str, Any] | None = None,
         val_subnets: Sequence[Subnet | str] | None = None,
         seed: int = 0,
+        teacher: torch.nn.Module | None = None,
         **train_options: Any,
     ) -> None:
         super().__init__()
@@ -86,6 +88,10 @@ class SortedNetModule(L.LightningModule):
             train = Train(**{**(train or {}), **train_options}, members=nested.space.normalize)
             check_distill(train.distill, sampler)
         self.accumulate, self.grad_clip, self.distill = train.accumulate, train.grad_clip, train.distill
+        # the frozen teacher (train.distill.teacher) is no parameter of this module: not in its state dict, its
+        # optimizer or DDP's buckets; on_fit_start puts it on the module's device
+        self.__dict__["teacher"] = teacher
+        self.distiller = Distiller(train.distill, task, teacher, getattr(nested, "kept", None))
         self.max_nonfinite_steps, self.seed = train.max_nonfinite_steps, int(seed)
         space = nested.space
         self.val_subnets = [
@@ -158,7 +164,10 @@ class SortedNetModule(L.LightningModule):
         configure_sharding(self)
 
     def on_fit_start(self) -> None:
-        """`train.compile`: compile after the strategy placed and wrapped the model (sortednet/train/compiled.py)."""
+        """The teacher to the module's device; `train.compile`: compile after the strategy placed and wrapped the
+        model (sortednet/train/compiled.py)."""
+        if self.teacher is not None:
+            self.teacher.to(self.device)
         if self.compile_backend and self._train_forward is None:
             self._train_forward = compile_model(
                 self.nested.model, self.compile_backend, len(self.nested.space)
@@ -184,19 +193,15 @@ class SortedNetModule(L.LightningModule):
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         subnets = self.sampler.sample(step, micro)
         weights = self._weights(subnets)
-        use_distill, alpha, temperature = self.distill.enabled, self.distill.alpha, self.distill.temperature
-        teacher, total = None, 0.0
+        distiller, total = self.distiller, 0.0
+        distiller.begin(inputs)
+        hidden = {"output_hidden_states": True} if distiller.hidden else {}
         forward = self._train_forward or self.nested
         for subnet, weight in zip(subnets, weights, strict=True):
             with self.nested.use(subnet):
-                logits = forward(**inputs).logits
-                loss = self.task.loss(logits, labels)
-                objective = loss
-                if use_distill and teacher is not None:
-                    kd = self.task.distill(logits, teacher, labels, temperature)
-                    objective = (1 - alpha) * loss + alpha * kd
-                if use_distill and teacher is None:
-                    teacher = logits.detach()
+                output = forward(**inputs, **hidden)
+                loss = self.task.loss(output.logits, labels)
+                objective = distiller.objective(subnet, output, loss, labels)
                 self.manual_backward(objective * weight / self.accumulate)
             total += weight * loss.detach()
             self._step_losses.append((subnet, loss.detach()))

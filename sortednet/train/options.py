@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import InitVar, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..checks import number
@@ -51,20 +52,61 @@ class Optim:
             set_(self, "head_lr", number("optim.head_lr", self.head_lr, low=0, low_open=True))
 
 
+TEACHER_PHASE = "finetune"  # train.distill.teacher: fine-tune the full model alone first, then nest
+
+
 @dataclass(frozen=True)
 class Distill:
-    """In-place distillation from the largest subnet of each step (`train.distill.*`)."""
+    """Distillation (`train.distill.*`): from the largest subnet of each step (in place, `teacher: null`), or from
+    a frozen teacher: a fine-tuned model of the same class (a folder or a Hub id), or `finetune`: the full model
+    fine-tuned alone for `teacher_steps` first (the nested model then starts from it). `hidden`: weight of the
+    hidden-state term at matching depths (with a teacher; sortednet.train.distill)."""
 
     enabled: bool = False
     temperature: float = 1.0
     alpha: float = 0.5
+    teacher: str | None = None
+    teacher_steps: int = 0
+    teacher_lr: float | None = None  # the teacher phase's learning rate; null: optim.lr
+    hidden: float = 0.0
 
     def __post_init__(self) -> None:
+        set_ = object.__setattr__
         if not isinstance(self.enabled, bool):
             raise ValueError(f"train.distill.enabled={self.enabled!r} is not allowed; allowed: true or false")
-        t = number("train.distill.temperature", self.temperature, low=0, low_open=True)
-        object.__setattr__(self, "temperature", t)
-        object.__setattr__(self, "alpha", number("train.distill.alpha", self.alpha, low=0, high=1))
+        set_(self, "temperature", number("train.distill.temperature", self.temperature, low=0, low_open=True))
+        set_(self, "alpha", number("train.distill.alpha", self.alpha, low=0, high=1))
+        set_(self, "teacher_steps", number("train.distill.teacher_steps", self.teacher_steps, int, low=0))
+        set_(self, "hidden", number("train.distill.hidden", self.hidden, low=0))
+        if self.teacher_lr is not None:
+            set_(
+                self, "teacher_lr", number("train.distill.teacher_lr", self.teacher_lr, low=0, low_open=True)
+            )
+        teacher = self.teacher
+        if teacher is not None and (not isinstance(teacher, str) or not teacher.strip()):
+            raise ValueError(
+                f"train.distill.teacher={teacher!r} is not allowed; allowed: null (in place), {TEACHER_PHASE} or "
+                "a fine-tuned model's folder or Hub id"
+            )
+        if (teacher == TEACHER_PHASE) != (self.teacher_steps > 0):
+            raise ValueError(
+                f"train.distill.teacher={teacher} with train.distill.teacher_steps={self.teacher_steps}: the "
+                f"teacher phase needs steps; allowed: teacher={TEACHER_PHASE} with teacher_steps >= 1, or "
+                "teacher_steps=0 otherwise"
+            )
+        if (
+            teacher
+            and teacher.startswith(("/", "./", "../", "~"))
+            and not Path(teacher).expanduser().exists()
+        ):
+            raise ValueError(
+                f"train.distill.teacher={teacher!r} does not exist; give a folder with config.json or a Hub name"
+            )
+        if self.hidden and teacher is None:
+            raise ValueError(
+                f"train.distill.hidden={self.hidden} needs a teacher model (train.distill.teacher); in-place "
+                "distillation matches logits only"
+            )
 
 
 @dataclass(frozen=True)
@@ -110,7 +152,7 @@ def _member(members: Callable[[Any], Any], key: str) -> Any:
 
 def check_distill(distill: Distill, sampler: Any) -> None:
     """In-place distillation learns from the largest member of the same step: the sampler must draw it."""
-    if distill.enabled and not sampler.guarantees_largest:
+    if distill.enabled and distill.teacher is None and not sampler.guarantees_largest:
         raise ValueError(
             f"train.distill.enabled=true needs the largest subnet in every step, which sampler={sampler.name!r} "
             "cannot guarantee; use sampler=sandwich or sampler=all"

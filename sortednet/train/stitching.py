@@ -23,16 +23,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
-from torch.utils.data import default_collate
 
 from ..checks import number
-from ..data.loader import epoch_order, first_batches
+from ..data.loader import first_batches
 from ..stitch import StitchConfig, StitchedModel, StitchSpace, stitch
 from ..stitch.anchors import check_anchors, layer_list, parts_of
 from ..stitch.space import AnchorInfo
 from ..tasks import Task
+from .alone import train_alone
 from .console import say
 from .models import ModelSpec
 
@@ -104,7 +103,15 @@ class Stitching:
             return stitch(models, config=self.config)
         for i, (name, model) in enumerate(models.items()):
             if self.pretrain_steps:
-                pretrain(name, model, data, task, self.pretrain_steps, self.pretrain_lr, seed + i)
+                train_alone(
+                    f"stitch.pretrain_steps={self.pretrain_steps}: anchor {name}",
+                    model,
+                    data,
+                    task,
+                    self.pretrain_steps,
+                    self.pretrain_lr,
+                    seed + i,
+                )
         batches = first_batches(data, self.calibration_batches) if self.calibration_batches else None
         start = time.perf_counter()
         stitched = stitch(models, batches, config=self.config)
@@ -118,37 +125,3 @@ class Stitching:
             )
         )
         return stitched
-
-
-def pretrain(name: str, model: nn.Module, data: Any, task: Task, steps: int, lr: float, seed: int) -> None:
-    """Train one anchor alone for `steps` AdamW steps on the run's training data (epochs in the seed's order,
-    the same on every rank), for anchors built from a config rather than loaded pretrained."""
-    torch.manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 20) * (0.1 + 0.9 * (1 - s / steps))
-    )
-    train, size = data.train_set, data.batch_size
-    collate = data.collate_fn or default_collate
-    model.train()
-    start, step, epoch, first = time.perf_counter(), 0, 0, None
-    while step < steps:
-        order = epoch_order(len(train), data.seed, 1000 + epoch).tolist()  # not the run's own epoch orders
-        for i in range(0, len(order) - size + 1, size):
-            batch = collate([train[j] for j in order[i : i + size]])
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            loss = task.loss(model(**inputs).logits, batch["labels"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            first = float(loss.detach()) if first is None else first
-            step += 1
-            if step == steps:
-                break
-        epoch += 1
-    say(
-        f"stitch.pretrain_steps={steps}: anchor {name} trained alone, loss {first:.3f} -> {float(loss.detach()):.3f} "
-        f"in {time.perf_counter() - start:.1f} s"
-    )
