@@ -10,6 +10,7 @@ weights and the shared running statistics are not changed.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -31,9 +32,18 @@ def calibrate(
     nested: Any, subnet: Subnet | str, loader: Iterable[Mapping[str, Any]], batches: int = DEFAULT_BATCHES
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Recompute the BatchNorm statistics of `subnet` on the first `batches` batches of `loader` (labels are
-    ignored); returns them and keeps them in `nested.bn_stats[subnet]`."""
+    ignored); returns them and keeps them in `nested.bn_stats[subnet]`. A model without BatchNorm (ConvNeXt,
+    Swin, any transformer) has nothing to calibrate: it is left as it is, said once per model, as torch's
+    `update_bn` does quietly."""
     if not needs_calibration(nested):
-        raise ValueError("calibrate() is for nested models with BatchNorm (a stage family such as resnet)")
+        if not getattr(nested, "_said_no_batchnorm", False):
+            warnings.warn(
+                f"calibrate(): {type(getattr(nested, 'model', nested)).__name__} has no BatchNorm; nothing to "
+                "calibrate, the model is unchanged",
+                stacklevel=2,
+            )
+            nested.__dict__["_said_no_batchnorm"] = True
+        return {}
     if batches < 1:
         raise ValueError(f"calibration batches={batches} is below 1; allowed: an int >= 1")
     normal = nested.space.normalize(Subnet.parse(subnet))

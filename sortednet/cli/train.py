@@ -26,6 +26,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from ..train.config import RunConfig, check, make
+from ..train.console import log_to, record, say, stop_logging
 from ..train.models import offline_model_path
 from .recipes import CONF_DIR, handle
 
@@ -36,8 +37,8 @@ def build(run: RunConfig, run_dir: Path) -> tuple[Any, Any]:
     """Data module, many-in-one model and Lightning module, as the checked config says."""
     from ..api import nest
     from ..data.loader import first_batches
+    from ..report import human
     from ..train import SortedNetModule, task_for
-    from ..train.console import say
     from ..train.teacher import build_teacher
 
     L.seed_everything(run.seed, workers=True, verbose=False)
@@ -98,6 +99,11 @@ def build(run: RunConfig, run_dir: Path) -> tuple[Any, Any]:
             )
         if getattr(run.space, "depth_order", None) not in (None, "prefix"):
             say(f"nesting.depth_order={run.space.depth_order}: layers by importance {list(nested.ranking)}")
+    costs = nested.space.costs()
+    say(
+        f"{run.name}: {len(nested.space)} sub-models in one model of {human(costs[-1])} parameters "
+        f"(the smallest {human(costs[0])})"
+    )
     module = SortedNetModule(
         nested,
         task,
@@ -179,16 +185,16 @@ def finish(run: RunConfig, trainer: L.Trainer, data, module, run_dir: Path) -> l
             rows = with_uncalibrated(evaluate_subnets(nested, batches, module.task, subnets), uncalibrated)
             nested.save(one_file_path(last), metadata=run_metadata(one_file_path(last)))
         write_table(rows, run_dir)
-        print_table(
-            rows, title=f"{run.name}: every sub-model on the validation set", metric=module.task.metric
-        )
+        title = f"{run.name}: every sub-model on the validation set"
+        print_table(rows, title=title, metric=module.task.metric)
+        record(f"{title}\n{(run_dir / 'table.md').read_text()}")
         influence = block_influence(
             nested, itertools.islice(data.val_dataloader(), table.max_batches), "validation"
         )
-        print(influence_line(influence))
+        say(influence_line(influence))
         update_metadata(one_file_path(last), eval_table=rows, block_influence=influence)
     log_final(trainer, rows, run_dir, one_file_path(last), {"global_step": trainer.global_step})
-    print(f"run folder: {run_dir}\n  {last}\n  {one_file_path(last)}")
+    say(f"run folder: {run_dir}\n  {last}\n  {one_file_path(last)}")
     return rows
 
 
@@ -262,10 +268,12 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
         checked = check(cfg)
     lock = RunLock(run_dir)
     launching = is_launching_process()
+    log = None
     if launching:
         with refusing(run_dir, made_by_us=False):  # the folder is another run's: touch nothing
             lock.acquire()
         write_run_config(cfg, run_dir)
+        log = log_to(run_dir / "train.log")
         for line in recover(run_dir / "checkpoints"):
             print(f"sortednet-train: {line} (left by a run that was killed)", file=sys.stderr)
     try:
@@ -279,6 +287,8 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
             sys.exit(1)
         return finish(checked, trainer, data, module, run_dir)
     finally:
+        if log is not None:
+            stop_logging(log)
         lock.release()
 
 

@@ -51,7 +51,7 @@ def save_pair(trainer: Any, ckpt_path: str | os.PathLike, metadata: Mapping[str,
     from .fsdp import save_one_file
 
     ckpt_path = Path(ckpt_path)
-    trainer.save_checkpoint(staged(ckpt_path))
+    trainer.save_checkpoint(staged(ckpt_path), weights_only=False)  # the whole training state, said
     save_one_file(trainer.lightning_module.nested, staged(one_file_path(ckpt_path)), metadata)
     if trainer.is_global_zero:
         commit(ckpt_path)
