@@ -22,17 +22,21 @@ def _output(value: Any) -> torch.Tensor:
 def block_outputs(
     model: StitchedModel, name: str, inputs: Mapping[str, Any], wanted: set[int]
 ) -> dict[int, torch.Tensor]:
-    """Anchor `name` run alone on `inputs`: the output of each of its blocks in `wanted` (0-based)."""
+    """Anchor `name` run alone on `inputs`: the output of each of its blocks in `wanted` (0-based). Routed
+    directly, not by `use(name)`: a space restricted to some stitches (`members`) need not hold the anchor."""
     layers = layer_list(model.anchors[name])
     captured: dict[int, torch.Tensor] = {}
     handles = [
         layers[i].register_forward_hook(lambda m, a, out, i=i: captured.__setitem__(i, _output(out)))
         for i in sorted(wanted)
     ]
+    route = model.route
+    saved = (route.host, route.start, route.blocks)
+    route.set(name, name, None)
     try:
-        with model.use(name):
-            model(**inputs)
+        model.anchors[name](**inputs)
     finally:
+        route.set(*saved)
         for handle in handles:
             handle.remove()
     return captured

@@ -27,6 +27,7 @@ def stitch(
     *,
     config: StitchConfig | None = None,
     max_batches: int | None = None,
+    members: Sequence[Stitch | str] | None = None,
     **options: Any,
 ) -> StitchedModel:
     """A StitchedModel over `anchors` (a list: named a0, a1, ... from the smallest; a mapping: your names),
@@ -36,7 +37,8 @@ def stitch(
     fields as keyword arguments: mode, window, stride, lora_rank, ridge; see StitchConfig). With `calibration`
     (batches of model inputs; labels are dropped), each stitching layer is the least-squares map from the
     front anchor's activations at its cut to the back anchor's at its resume point (SN-Net); without, nn.Linear's
-    random init. The anchors are used in place (not copied); each stays callable as it was."""
+    random init. `members` (names of the full space's members): a space of only these. The anchors are used in
+    place (not copied); each stays callable as it was."""
     config = config or StitchConfig(**options)
     if isinstance(anchors, Mapping):
         names, models = list(anchors), list(anchors.values())
@@ -51,7 +53,7 @@ def stitch(
         models = [models[i] for i in order]
     else:
         names, models = [names[i] for i in order], [models[i] for i in order]
-    stitched = StitchedModel(dict(zip(names, models, strict=True)), config, kind)
+    stitched = StitchedModel(dict(zip(names, models, strict=True)), config, kind, members)
     if calibration is not None:
         from .calibrate import fit_stitches
 
