@@ -101,6 +101,8 @@ def test_stitch_members_train_one_stitch_from_the_same_least_squares_init():
     full, alone = stitched_digits(), stitched_digits(members=[member])
     assert [str(m) for m in alone.space] == [member] and list(alone.stitches) == [member]
     torch.testing.assert_close(alone.stitches[member].weight, full.stitches[member].weight)
+    anchor = stitched_digits(members=["large"])  # nothing to fit: calibration batches are no error
+    assert [str(m) for m in anchor.space] == ["large"] and not anchor.stitches
     with pytest.raises(
         ValueError, match=r"^stitch.members: stitch 'small:9>large:2' is not in the stitch space"
     ):
