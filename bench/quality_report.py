@@ -33,7 +33,7 @@ def value(metric: str, x: float) -> str:
 def spread_text(metric: str, s: S.Spread, cached: int = 0) -> str:
     scale = 100 if metric == "accuracy" else 1 / math.log(2)
     text = value(metric, s.mean) + (
-        f" ± {s.std * scale:.{2 if metric == 'accuracy' else 4}f}" if s.std else ""
+        f" ± {s.std * scale:.{2 if metric == 'accuracy' else 4}f}" if s.std is not None else ""
     )
     return text + (f" (cached {cached}/{s.n})" if cached else "")
 
@@ -108,7 +108,7 @@ def plan_lines(r: dict[str, Any]) -> list[str]:
         )
     lines.append(
         f"- Passes to reach: the nested run's passes until the mean over seeds of its validation curve "
-        f"({'(b)' if r['compute_steps'] is not None else '(a)'}; every {plural(r['every'], 'step')} = "
+        f"({r['reach_column']}; every {plural(r['every'], 'step')} = "
         f"{r['every'] * acc * k:,} passes, the last point the eval table) first reaches the twin's mean."
     )
     return lines

@@ -79,11 +79,16 @@ def shape_row(
         "resolution": resolution(metric, alone, twins),
         "val_count": min(r.val_count for r in twins),
     }
-    curves, steps = (at_compute, p.compute_steps) if at_compute is not None else (at_steps, p.nested_steps)
     if at_compute is not None:
         row["compute"] = compare(metric, values(at_compute, metric, shape), alone, S.EQUAL_COMPUTE[metric])
+    curves, steps = (at_compute, p.compute_steps) if reach_column(p) == "(b)" else (at_steps, p.nested_steps)
     row["reach"] = reach(p, curves, shape, alone.mean, steps)  # type: ignore[arg-type]
     return row
+
+
+def reach_column(p: Plan) -> str:
+    """The longer nested run's curves give the passes to reach."""
+    return "(b)" if p.compute_steps is not None and p.compute_steps > p.nested_steps else "(a)"
 
 
 def wall(runs: list[Trained]) -> dict[str, float]:
@@ -124,6 +129,7 @@ def summarize(
         "k": p.k,
         "accumulate": p.accumulate,
         "every": p.every,
+        "reach_column": reach_column(p),
         "equal_steps": equal_steps,
         "equal_steps_ok": not equal_steps or all(r["steps"]["ok"] for r in rows),
         "rows": rows,
