@@ -1,14 +1,14 @@
 """Is every sub-model as good as the same shape trained alone (its alone twin)?
 
-    python -m bench.quality                      # every offline recipe, the recipes' own steps, 3 seeds (hours)
-    python -m bench.quality --quick              # 3 shapes and fewer steps per recipe (`make quality`)
-    python -m bench.quality --quick --only digits_vit --nested-set train.distill.enabled=true   # screen a lever
-    python -m bench.quality --only digits_vit --nested-steps 1200     # nested at other step counts (labelled so)
+    python -m bench.quality                 # every offline recipe, the recipes' own steps, 3 seeds (hours)
+    python -m bench.quality --quick         # 3 shapes and fewer steps per recipe (`make quality`)
+    python -m bench.quality --quick --only digits_vit --nested-set train.distill.enabled=true  # a lever
+    python -m bench.quality --only digits_vit --nested-steps 1200   # nested at other steps (labelled so)
 
 Per recipe and seed: the nested model trains once with `sortednet-train`'s own code path, and every chosen
-shape trains alone (bench/quality_cases.py says what a twin is). Seeds 0..N-1 on both sides (`seed` sets the
-init, data order, dropout, sampler draws and what each recipe's note says); per shape the report gives mean and
-standard deviation over seeds on both sides and the ratio of the means, in two columns:
+shape trains alone (bench/quality_cases.py says what a twin is). Seeds 0..N-1 on both sides (`seed` sets
+the init, data order, dropout, sampler draws and what each recipe's note says); per shape the report gives
+mean and standard deviation over seeds on both sides and the ratio of the means, in two columns:
   (a) equal optimizer steps: nested and twin at the recipe's steps (target: accuracy >= 0.98 x alone, bits per
       character <= 1.02 x alone);
   (b) equal compute: the nested run given as many forward/backward passes as all its twins together, steps x
@@ -122,10 +122,8 @@ def train_twins(p: Plan, runner: Runner) -> dict[str, dict[str, list[Trained]]]:
                 label = f"{p.case.recipe}-alone{'-' + variant if variant else ''}-s{seed}"
                 run = runner.get(C.with_seed(twin, seed), label, p.case.metric)
                 out[shape].setdefault(variant, []).append(run)
-                say(
-                    f"  alone {shape}{' ' + variant if variant else ''} seed {seed}: {shown(p.case.metric, run.rows[0])}",
-                    run,
-                )
+                name = f"{shape} {variant}".strip()
+                say(f"  alone {name} seed {seed}: {shown(p.case.metric, run.rows[0])}", run)
     return out
 
 
@@ -204,8 +202,10 @@ def quiet(threads: int) -> None:
     import logging
 
     import torch
+    import transformers
 
     torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()  # its load reports bypass the runs' redirected stderr
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     OUT.mkdir(parents=True, exist_ok=True)

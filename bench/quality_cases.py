@@ -3,7 +3,7 @@
 A twin is the recipe's config with a space of one member: a nesting space of that one shape (so it starts from
 the same init or pretrained weights, cut to its shape), or `stitch.members` of that one stitch or anchor (the
 same pretrained anchors and least-squares init); every subnet of a step trained (one), no distillation, no
-per-subnet weights, Maestro's rank fixed. Both sides validate only at the end (the eval table); the nested runs
+per-subnet weights, Maestro's rank fixed. Both sides are judged by the eval table at the end; the nested runs
 also validate the evaluated shapes every few steps, for their curves (validation changes no weight).
 """
 
@@ -25,7 +25,10 @@ CSV_LOGGER = {
 }
 PROBE = "bench.quality_runs.Probe"
 
-DIGITS_SEEDS = "the stratified train/validation split (data.seed = seed: each seed its own split, one split for both sides)"
+DIGITS_SEEDS = (
+    "the stratified train/validation split (data.seed = seed: each seed its own split, "
+    "one split for both sides)"
+)
 
 
 @dataclass
@@ -143,7 +146,7 @@ def probe(cfg: DictConfig, batch_losses: bool) -> dict[str, Any]:
 
 
 def twin_config(cfg: DictConfig, member: str, metric: str) -> DictConfig:
-    """The recipe's config training `member` alone (see the module docstring); no validation during training."""
+    """The recipe's config training `member` alone (see the module docstring); validated only at the end."""
     out = edited(cfg)
     if out.get("stitch"):
         out.stitch.members = [member]

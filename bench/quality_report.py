@@ -68,18 +68,21 @@ def resolution_text(metric: str, res: S.Resolution) -> str:
 
 def plan_lines(r: dict[str, Any]) -> list[str]:
     metric, k, acc = r["metric"], r["k"], r["accumulate"]
+    sign = ">=" if metric == "accuracy" else "<="
     twin, n = r["steps"] * acc, r["n_shapes"]
     subset = "every sub-model"
     if n < r["space_size"]:
         more = f", and {n - 3} more at evenly spaced ranks" if n > 3 else ""
-        subset = f"by parameter count the smallest, the middle and the largest{more}"
+        ends = "the smallest and the largest" if n < 3 else f"the smallest, the middle and the largest{more}"
+        subset = f"by parameter count {ends}"
     seeds = ", ".join(map(str, r["seeds"]))
     a_passes = r["nested_steps"] * acc * k
     lines = [
         f"- Shapes: {n} of {r['space_size']} sub-models ({subset}).",
         f"- Seeds {seeds} on both sides; the seed sets the init, data order, dropout, sampler draws and "
         f"{r['seeds_vary']}." + (f" **{r['seeds_note']}.**" if r["seeds_note"] else ""),
-        f"- Each twin: {r['steps']} optimizer steps = {twin:,} forward/backward passes; the {n} twins together "
+        f"- Each twin: {r['steps']} optimizer steps = {twin:,} forward/backward passes; the {n} twins "
+        "together "
         f"{n * twin:,} passes."
         + (
             f" Twin variants {', '.join(r['variants'])}: the better mean per shape is the "
@@ -90,21 +93,21 @@ def plan_lines(r: dict[str, Any]) -> list[str]:
     ]
     if r["equal_steps"]:
         lines.append(
-            f"- (a) equal optimizer steps: nested {r['nested_steps']} steps = {a_passes:,} passes ({k} subnets per "
-            f"step); target {'>=' if metric == 'accuracy' else '<='} {S.EQUAL_STEPS[metric]:.2f} x alone."
+            f"- (a) equal optimizer steps: nested {r['nested_steps']} steps = {a_passes:,} passes ({k} "
+            f"subnets per step); target {sign} {S.EQUAL_STEPS[metric]:.2f} x alone."
         )
     else:
         lines.append(
-            f"- (a) **not equal steps** (--nested-steps): nested {r['nested_steps']} steps = {a_passes:,} passes "
-            f"against twins of {r['steps']} steps; the ratio is set against the {S.EQUAL_STEPS[metric]:.2f} band "
-            "('in band'), which is not a pass at equal steps."
+            f"- (a) **not equal steps** (--nested-steps): nested {r['nested_steps']} steps = {a_passes:,} "
+            f"passes against twins of {r['steps']} steps; the ratio is set against the "
+            f"{S.EQUAL_STEPS[metric]:.2f} band ('in band'), which is not a pass at equal steps."
         )
     if r["compute_steps"] is not None:
         same = " (the same runs as (a))" if r["compute_is_steps_run"] else ""
         lines.append(
             f"- (b) equal compute: nested steps = steps x n_twins / k = {r['steps']} x {n} / {k} = "
             f"{r['compute_steps']} (rounded) = {r['compute_steps'] * acc * k:,} passes{same}; target "
-            f"{'>=' if metric == 'accuracy' else '<='} {S.EQUAL_COMPUTE[metric]:.2f} x alone."
+            f"{sign} {S.EQUAL_COMPUTE[metric]:.2f} x alone."
         )
     lines.append(
         f"- Passes to reach: the nested run's passes until the mean over seeds of its validation curve "
@@ -145,7 +148,8 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     rows, metric = r["rows"], r["metric"]
     worst = (min if metric == "accuracy" else max)(row["steps"]["ratio"] for row in rows)
     a_ok = sum(row["steps"]["ok"] for row in rows)
-    text = f"(a): {a_ok} of {len(rows)} {'within target' if r['equal_steps'] else 'in band'}, worst ratio {worst:.3f}."
+    within = "within target" if r["equal_steps"] else "in band"
+    text = f"(a): {a_ok} of {len(rows)} {within}, worst ratio {worst:.3f}."
     if r["compute_steps"] is not None:
         b_ok = sum(row["compute"]["ok"] for row in rows)
         text += f" (b): {b_ok} of {len(rows)} within target."
@@ -153,8 +157,8 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     n_twin = r["steps"] * r["accumulate"] * len(rows)
     if all(p is not None for p in reached):
         text += (
-            f" Every shape reached its twin's mean by {max(reached):,} nested passes; its {len(rows)} twins took "
-            f"{n_twin:,} together ({max(reached) / n_twin:.2f} x)."
+            f" Every shape reached its twin's mean by {max(reached):,} nested passes; its {len(rows)} twins "
+            f"took {n_twin:,} together ({max(reached) / n_twin:.2f} x)."
         )
     else:
         text += f" {sum(p is None for p in reached)} shape(s) did not reach their twin's mean."
@@ -189,11 +193,12 @@ def markdown(header: dict[str, Any], results: list[dict[str, Any]]) -> str:
     lines = [
         f"`{header['command']}`",
         "",
-        f"{header['date']}; code {header['code']} (HEAD + hash of uncommitted sortednet/ changes); {versions}.",
+        f"{header['date']}; code {header['code']} (HEAD + hash of uncommitted sortednet/ changes); "
+        f"{versions}.",
         "",
         EQUAL_ON_BOTH_SIDES,
-        "Every figure below is computed by bench/quality.py: means and sample standard deviations over seeds, "
-        "ratio = nested mean / alone mean.",
+        "Every figure below is computed by bench/quality.py: means and sample standard deviations over "
+        "seeds, ratio = nested mean / alone mean.",
         "",
     ]
     return "\n".join(lines + [recipe_markdown(r) for r in results])

@@ -1,5 +1,5 @@
-"""Training runs of bench.quality: `sortednet-train`'s own `run(cfg)` in this process, a probe callback for the
-validation set's size, and a cache keyed by what decides a run's result.
+"""Training runs of bench.quality: `sortednet-train`'s own `run(cfg)` in this process, a probe callback for
+the validation set's size, and a cache keyed by what decides a run's result.
 
 Cache key: the resolved config (run_dir left out), the code (HEAD plus a hash of the uncommitted changes and
 untracked files under sortednet/), the library versions and torch's thread count. A cached run keeps the wall
@@ -80,7 +80,7 @@ class Trained:
 
 # ---- the cache key ----------------------------------------------------------------------------------------
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The config with every interpolation resolved (data.seed: ${seed} becomes the seed), run_dir left out."""
+    """The config, every interpolation resolved (data.seed: ${seed} becomes the seed), run_dir left out."""
     cfg = copy_of(cfg)
     cfg.run_dir = "RUN_DIR"
     data = OmegaConf.to_container(cfg, resolve=True)

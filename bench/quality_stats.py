@@ -1,5 +1,6 @@
-"""The arithmetic of bench.quality, free of training: spreads over seeds, ratios and verdicts, the equal-compute
-step count, passes to reach a target from validation curves, and whether the validation set resolves the band."""
+"""The arithmetic of bench.quality, free of training: spreads over seeds, ratios and verdicts, the
+equal-compute step count, passes to reach a target from validation curves, and whether the validation set
+resolves the band."""
 
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ def meets(metric: str, ratio: float, target: float) -> bool:
 
 
 def equal_compute_steps(steps: int, n_twins: int, k: int) -> int:
-    """Nested steps with as many forward/backward passes as all twins together: a twin step is 1 pass, a nested
-    step k (its sampler's subnets per step); steps x n_twins / k, rounded, at least 1."""
+    """Nested steps with as many forward/backward passes as all twins together: a twin step is 1 pass, a
+    nested step k (its sampler's subnets per step); steps x n_twins / k, rounded, at least 1."""
     return max(1, round(steps * n_twins / k))
 
 

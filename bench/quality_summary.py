@@ -1,4 +1,4 @@
-"""From the runs of one recipe to the figures bench.quality reports (every one computed here, none by hand)."""
+"""From the runs of one recipe to the figures bench.quality reports: every one computed here."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""bench.quality's pure parts: the cache key, the equal-compute step count, spreads, ratios and verdicts, passes to
-reach from a metrics.csv, the validation-size check, the shapes chosen and the twins' one-member spaces."""
+"""bench.quality's pure parts: the cache key, the equal-compute step count, spreads, ratios and verdicts,
+passes to reach from a metrics.csv, the validation-size check, the shapes chosen and the twins' one-member
+spaces."""
 
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ def test_the_better_variant_is_the_better_mean_over_seeds():
     assert best_variant(loss, "loss") == "mean"
 
 
-METRICS_CSV = """epoch,step,train/loss,"val/accuracy/depth=2,ffn=0.5","val/loss/depth=2,ffn=0.5",val/accuracy/small:1>large:2
+METRICS_CSV = """\
+epoch,step,train/loss,"val/accuracy/depth=2,ffn=0.5","val/loss/depth=2,ffn=0.5",val/accuracy/small:1>large:2
 0,9,2.3,,,
 0,9,,0.50,1.20,0.40
 0,19,,0.70,0.90,0.45
