@@ -14,8 +14,11 @@ mean and standard deviation over seeds on both sides and the ratio of the means,
   (b) equal compute: the nested run given as many forward/backward passes as all its twins together, steps x
       n_twins / k (k: subnets per nested step; a twin step is 1 pass), target >= 1.00 x / <= 1.00 x;
 plus the passes the nested run needs until the mean of its validation curves first reaches the twin's mean.
-A recipe with variants of its twins (minilm_nested: [CLS] and mean pooling) is judged against the variant with
-the better mean. Results go to bench/out/quality/results-<tag>.md (ready to paste) and .json.
+Seeds vary the train/validation split where the recipe's data module seeds it (the digits recipes: data.seed
+is the seed), on purpose: a split's luck is part of the spread a user meets; one seed's split is the same on
+both sides. A recipe with variants of its twins (minilm_nested: [CLS] and mean pooling) is judged against
+the variant with the better mean. Results go to bench/out/quality/results-<tag>.md (ready to paste) and .json;
+runs are cached in bench/out/quality/cache (bench/quality_runs.py says by what).
 """
 
 from __future__ import annotations

@@ -138,7 +138,11 @@ def table(r: dict[str, Any]) -> list[str]:
         ]
         if compute:
             b = row["compute"]
-            cells += [spread_text(metric, b["nested"]), f"{b['ratio']:.3f}", verdict(b["ok"], True)]
+            cells += [
+                spread_text(metric, b["nested"], row["compute_cached"]),
+                f"{b['ratio']:.3f}",
+                verdict(b["ok"], True),
+            ]
         cells += [reach_text(row["reach"], twin_passes), resolution_text(metric, row["resolution"])]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

@@ -81,6 +81,7 @@ def shape_row(
     }
     if at_compute is not None:
         row["compute"] = compare(metric, values(at_compute, metric, shape), alone, S.EQUAL_COMPUTE[metric])
+        row["compute_cached"] = sum(r.cached for r in at_compute)
     curves, steps = (at_compute, p.compute_steps) if reach_column(p) == "(b)" else (at_steps, p.nested_steps)
     row["reach"] = reach(p, curves, shape, alone.mean, steps)  # type: ignore[arg-type]
     return row
