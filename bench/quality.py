@@ -5,6 +5,10 @@
     python -m bench.quality --quick --only digits_vit --nested-set train.distill.enabled=true  # a lever
     python -m bench.quality --only digits_vit --nested-steps 1200   # nested at other steps (labelled so)
 
+On 2 CPU cores shared with other jobs (1 torch thread), estimated from smoke runs: --quick takes a few minutes
+per digits recipe, about 30 min for shakespeare_gpt2 and 45 min for minilm_nested (2 seeds); the full run
+minutes to an hour per digits recipe, about 12 h for shakespeare_gpt2 and a day for minilm_nested.
+
 Per recipe and seed: the nested model trains once with `sortednet-train`'s own code path, and every chosen
 shape trains alone (bench/quality_cases.py says what a twin is). Seeds 0..N-1 on both sides (`seed` sets
 the init, data order, dropout, sampler draws and what each recipe's note says); per shape the report gives
