@@ -1,348 +1,245 @@
-"""Is every sub-model as good as the same shape trained alone?
+"""Is every sub-model as good as the same shape trained alone (its alone twin)?
 
-    python -m bench.quality                      # every offline recipe, the recipes' own steps (an hour or more)
-    python -m bench.quality --quick              # fewer shapes and steps: minutes on 2 cores (`make quality`)
-    python -m bench.quality --only digits_vit --set sampler.k=4 --nested-set train.distill.enabled=true
-    python -m bench.quality --only digits_vit --nested-steps 1200     # how many steps nested training needs
+    python -m bench.quality                 # every offline recipe, the recipes' own steps, 3 seeds (hours)
+    python -m bench.quality --quick         # 3 shapes and fewer steps per recipe (`make quality`)
+    python -m bench.quality --quick --only digits_vit --nested-set train.distill.enabled=true  # a lever
+    python -m bench.quality --only digits_vit --nested-steps 1200   # nested at other steps (labelled so)
 
-For each recipe the nested model is trained once with `sortednet-train`'s own code path, then every chosen
-shape is trained alone: the same config, data order, optimizer, schedule and number of optimizer steps, with
-a nesting space of that one shape, so the twin starts from the same weights cut to its shape (pretrained
-recipes: the pretrained weights; the others: the same random init). A recipe may train its twins in several
-variants (the pretrained encoder with its own [CLS] head and with mean pooling): a sub-model is judged against
-the best of them. Targets: accuracy >= 0.98 x alone, loss (bits per character) <= 1.02 x alone.
+On 2 CPU cores shared with other jobs (1 torch thread), estimated from smoke runs: --quick takes a few minutes
+per digits recipe, about 30 min for shakespeare_gpt2 and 45 min for minilm_nested (2 seeds); the full run
+minutes to an hour per digits recipe, about 12 h for shakespeare_gpt2 and a day for minilm_nested.
 
-Alone results are cached in bench/out/quality/cache/ by their resolved config; the nested run always trains.
+Per recipe and seed: the nested model trains once with `sortednet-train`'s own code path, and every chosen
+shape trains alone (bench/quality_cases.py says what a twin is). Seeds 0..N-1 on both sides (`seed` sets
+the init, data order, dropout, sampler draws and what each recipe's note says); per shape the report gives
+mean and standard deviation over seeds on both sides and the ratio of the means, in two columns:
+  (a) equal optimizer steps: nested and twin at the recipe's steps (target: accuracy >= 0.98 x alone, bits per
+      character <= 1.02 x alone);
+  (b) equal compute: the nested run given as many forward/backward passes as all its twins together, steps x
+      n_twins / k (k: subnets per nested step; a twin step is 1 pass), target >= 1.00 x / <= 1.00 x;
+plus the passes the nested run needs until the mean of its validation curves first reaches the twin's mean.
+Seeds vary the train/validation split where the recipe's data module seeds it (the digits recipes: data.seed
+is the seed), on purpose: a split's luck is part of the spread a user meets; one seed's split is the same on
+both sides. A recipe with variants of its twins (minilm_nested: [CLS] and mean pooling) is judged against
+the variant with the better mean. Results go to bench/out/quality/results-<tag>.md (ready to paste) and .json;
+runs are cached in bench/out/quality/cache (bench/quality_runs.py says by what).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
-import io
-import json
-import math
 import os
-import shutil
+import shlex
 import sys
-import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+from omegaconf import DictConfig  # noqa: E402
+
+from . import quality_cases as C  # noqa: E402
+from . import quality_stats as S  # noqa: E402
+from .quality_report import markdown, write  # noqa: E402
+from .quality_runs import Runner, Trained, code_state  # noqa: E402
+
 OUT = Path(__file__).parent / "out" / "quality"
-ACCURACY_TARGET, LOSS_TARGET = 0.98, 1.02
-# every benchmark run: no progress bar, no logger, no per-validation subnet table
-COMMON = ["callbacks.progress=null", "logger=none", "callbacks.eval.enabled=false"]
 
 
 @dataclass
-class Case:
-    recipe: str
-    shapes: list[str]  # full run
-    quick_shapes: list[str]
-    quick: list[str]  # overrides of the quick run (fewer steps, smaller data)
-    full: list[str] = field(default_factory=list)
-    alone_variants: dict[str, list[str]] = field(default_factory=lambda: {"": []})
+class Plan:
+    case: C.Case
+    overrides: list[str]  # the mode's (quick or full) and --set
+    nested: DictConfig  # the recipe with `overrides` and --nested-set
+    shapes: list[str]
+    params: dict[str, int]
+    space_size: int
+    seeds: list[int]
+    steps: int  # each twin's optimizer steps, and the nested run's at equal steps
+    nested_steps: int  # column (a): `steps` unless --nested-steps
+    compute_steps: int | None  # column (b); None: --no-equal-compute
+    k: int  # subnets (forward/backward passes) per nested batch
+    accumulate: int
+    every: int  # batches between the nested runs' validations
+    seeds_note: str
+    sizing: Trained  # the one-step run that gave every sub-model's parameter count
 
 
-CASES = {
-    "digits_vit": Case(
-        "digits_vit",
-        shapes=[
-            "depth=2,ffn=0.25,heads=2",
-            "depth=2,ffn=1.0,heads=4",
-            "depth=4,ffn=0.25,heads=4",
-            "depth=4,ffn=0.5,heads=2",
-            "depth=6,ffn=0.5,heads=4",
-            "depth=6,ffn=1.0,heads=4",
-        ],
-        quick_shapes=["depth=2,ffn=0.25,heads=2", "depth=4,ffn=0.5,heads=4", "depth=6,ffn=1.0,heads=4"],
-        quick=["trainer.max_steps=200", "trainer.val_check_interval=200"],
-    ),
-    "swin_digits": Case(
-        "swin_digits",
-        shapes=["depth=1,ffn=0.25", "depth=1,ffn=1.0", "depth=2,ffn=0.25", "depth=2,ffn=1.0"],
-        quick_shapes=["depth=1,ffn=0.25", "depth=2,ffn=1.0"],
-        quick=["trainer.max_steps=200", "trainer.val_check_interval=200"],
-    ),
-    "maestro_digits": Case(
-        "maestro_digits",
-        shapes=[
-            "depth=2,hidden=32,ffn=0.5,rank=0.25",
-            "depth=2,hidden=64,ffn=1.0,rank=1.0",
-            "depth=4,hidden=48,ffn=0.5,rank=0.5",
-            "depth=6,hidden=32,ffn=1.0,rank=0.25",
-            "depth=6,hidden=64,ffn=1.0,rank=1.0",
-        ],
-        quick_shapes=["depth=2,hidden=32,ffn=0.5,rank=0.25", "depth=6,hidden=64,ffn=1.0,rank=1.0"],
-        quick=["trainer.max_steps=200", "trainer.val_check_interval=200", "train.rank.shrink_every=50"],
-    ),
-    "shakespeare_gpt2": Case(
-        "shakespeare_gpt2",
-        shapes=[
-            "depth=2,ffn=0.25,heads=2",
-            "depth=2,ffn=1.0,heads=4",
-            "depth=4,ffn=0.5,heads=4",
-            "depth=6,ffn=0.25,heads=4",
-            "depth=6,ffn=1.0,heads=2",
-            "depth=6,ffn=1.0,heads=4",
-        ],
-        quick_shapes=["depth=2,ffn=0.25,heads=2", "depth=6,ffn=1.0,heads=4"],
-        quick=[
-            "trainer.max_steps=300",
-            "trainer.val_check_interval=300",
-            "data.max_chars=1000000",
-            "trainer.limit_val_batches=10",
-            "eval_table.max_batches=20",
-        ],
-    ),
-    "minilm_nested": Case(
-        "minilm_nested",
-        shapes=[
-            "depth=2,ffn=0.25",
-            "depth=2,ffn=1.0",
-            "depth=4,ffn=0.5",
-            "depth=6,ffn=0.25",
-            "depth=6,ffn=1.0",
-        ],
-        quick_shapes=["depth=2,ffn=0.25", "depth=6,ffn=1.0"],
-        quick=[
-            "trainer.max_steps=150",
-            "trainer.val_check_interval=150",
-            "data.max_length=64",
-            "data.batch_size=32",
-        ],  # the whole validation set: it is ordered by play, so its first batches hold one genre
-        alone_variants={"cls": ["model.pooling=cls"], "mean": ["model.pooling=mean"]},
-    ),
-}
-
-
-# ---- config ---------------------------------------------------------------------------------------
-def compose(recipe: str, overrides: list[str]) -> Any:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from sortednet.cli.train import CONF_DIR
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("train", overrides=[f"experiment={recipe}", *COMMON, *overrides])
-
-
-def alone_config(cfg: Any, shape: str) -> Any:
-    """The recipe's config training one shape: a nesting space of that shape only, nothing nested-only."""
-    from omegaconf import OmegaConf
-
-    nesting = OmegaConf.to_container(cfg.nesting, resolve=True)
-    point = nested_cfg_space(cfg).normalize(shape)
-    single: dict[str, Any] = {"_target_": nesting["_target_"], **{d: [v] for d, v in point.items()}}
-    single.update({k: nesting[k] for k in ("reorder", "reorder_batches") if k in nesting})  # the same start
-    if "rank_targets" in nesting:
-        single["rank_targets"] = nesting["rank_targets"]
-    cfg = cfg.copy()
-    OmegaConf.set_struct(cfg, False)
-    cfg.nesting = single
-    cfg.model.head = "shared"  # a head per depth of a one-depth space is the shared head
-    cfg.sampler = {"_target_": "sortednet.sampling.AllSampler", "_partial_": True}
-    cfg.train.distill.enabled = False
-    cfg.train.subnet_weights = None
-    cfg.train.rank = {**cfg.train.rank, "sampling": "per_model", "group_lasso": 0.0, "shrink_every": 0}
-    cfg.val.subnets = None
-    return cfg
-
-
-def fingerprint(cfg: Any) -> str:
-    from omegaconf import OmegaConf
-
-    data = OmegaConf.to_container(cfg, resolve=False)
-    data.pop("run_dir", None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-# ---- running --------------------------------------------------------------------------------------
-def train(cfg: Any, log: Path) -> tuple[list[dict[str, Any]], float]:
-    """Train with sortednet-train's own code path in this process; the eval table and the wall seconds."""
-    from omegaconf import OmegaConf
-
-    from sortednet.cli.train import run
-
-    folder = Path(tempfile.mkdtemp(prefix="quality-", dir=OUT))
-    cfg = cfg.copy()
-    OmegaConf.set_struct(cfg, False)
-    cfg.run_dir = str(folder)
-    start = time.perf_counter()
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-            rows = run(cfg)
-    finally:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(buffer.getvalue())
-        shutil.rmtree(folder, ignore_errors=True)
-    return rows, time.perf_counter() - start
-
-
-def alone_row(cfg: Any, shape: str, variant: str, recipe: str) -> dict[str, Any]:
-    key = fingerprint(cfg)
-    cached = OUT / "cache" / f"{recipe}-{key}.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    rows, wall = train(cfg, OUT / "logs" / f"{recipe}-alone-{key}.log")
-    row = {**rows[0], "shape": shape, "variant": variant, "wall_s": wall}
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps(row))
-    return row
-
-
-def metric_of(rows: list[dict[str, Any]]) -> str:
-    return "accuracy" if "accuracy" in rows[0] and "perplexity" not in rows[0] else "loss"
-
-
-def ratio(metric: str, nested: float, alone: float) -> tuple[float, bool]:
-    r = nested / alone
-    return r, (r >= ACCURACY_TARGET) if metric == "accuracy" else (r <= LOSS_TARGET)
-
-
-def shown(metric: str, value: float) -> str:
-    if metric == "accuracy":
-        return f"{100 * value:.2f}%"
-    return f"{value / math.log(2):.4f} bpc"
-
-
-def run_case(case: Case, args: argparse.Namespace) -> dict[str, Any]:
-    from sortednet.spec import Subnet
-
-    mode = case.quick if args.quick else case.full
-    shapes = case.quick_shapes if args.quick else case.shapes
-    base = [*mode, *args.set]
-    nested_cfg = compose(case.recipe, [*base, *args.nested_set])
-    if args.nested_steps:
-        nested_cfg.trainer.max_steps = args.nested_steps
-    print(f"\n{case.recipe}: nested run ({nested_cfg.trainer.max_steps} steps)", flush=True)
-    rows, nested_wall = train(nested_cfg, OUT / "logs" / f"{case.recipe}-nested.log")
-    by_subnet = {Subnet.parse(r["subnet"]): r for r in rows}
-    metric = metric_of(rows)
-    results, alone_wall = [], 0.0
-    for shape in shapes:
-        best = None
-        for variant, extra in case.alone_variants.items():
-            cfg = alone_config(compose(case.recipe, [*base, *extra]), shape)
-            row = alone_row(cfg, shape, variant, case.recipe)
-            alone_wall += row["wall_s"]
-            better = best is None or (
-                row[metric] > best[metric] if metric == "accuracy" else row[metric] < best[metric]
-            )
-            best = row if better else best
-            print(f"  alone {shape} {variant}: {shown(metric, row[metric])}", flush=True)
-        subnet = nested_cfg_space(nested_cfg).normalize(shape)
-        nested_row = by_subnet[subnet]
-        r, ok = ratio(metric, nested_row[metric], best[metric])
-        results.append(
-            {
-                "shape": str(subnet),
-                "params": nested_row["params"],
-                "alone": best[metric],
-                "alone_variant": best["variant"],
-                "nested": nested_row[metric],
-                "ratio": r,
-                "pass": ok,
-            }
+def seeds_for(case: C.Case, args: argparse.Namespace) -> tuple[list[int], str]:
+    if args.seeds is not None:
+        n, note = args.seeds, ""
+    elif args.quick:
+        n = case.quick_seeds
+        note = (
+            ""
+            if n >= 3
+            else f"{n} seeds in --quick: 3 do not fit in minutes for this recipe (--seeds 3 runs them)"
         )
-    return {
-        "recipe": case.recipe,
-        "metric": metric,
-        "steps": int(nested_cfg.trainer.max_steps),
-        "nested_wall_s": nested_wall,
-        "alone_wall_s": alone_wall,
-        "rows": results,
-        "all_nested": rows,
-        "settings": {"set": args.set, "nested_set": args.nested_set, "quick": args.quick},
-    }
+    else:
+        n, note = 3, ""
+    if n < 3 and not note:
+        note = f"{n} seed{'s' if n > 1 else ''}: below the 3 seeds a comparison needs"
+    return list(range(n)), note
 
 
-def nested_cfg_space(cfg: Any):
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
+def plan(case: C.Case, args: argparse.Namespace, runner: Runner) -> Plan:
+    from sortednet.train.config import check
 
-    from sortednet.train.config import split_nesting
+    overrides = [*(case.quick if args.quick else case.full), *args.set]
+    base = C.compose(case.recipe, overrides)
+    nested = C.compose(case.recipe, [*overrides, *args.nested_set])
+    sizing = runner.get(C.sizing_config(base), f"{case.recipe}-sizing", case.metric)
+    by_params = sorted(sizing.rows, key=lambda r: r["params"])
+    shapes = C.pick_shapes(
+        [r["subnet"] for r in by_params], case.quick_shapes if args.quick else case.full_shapes
+    )
+    checked = check(nested)
+    k, steps = checked.sampler.k, int(base.trainer.max_steps)
+    seeds, note = seeds_for(case, args)
+    return Plan(
+        case,
+        overrides,
+        nested,
+        shapes,
+        {r["subnet"]: int(r["params"]) for r in by_params},
+        len(by_params),
+        seeds,
+        steps,
+        args.nested_steps or steps,
+        S.equal_compute_steps(steps, len(shapes), k) if args.equal_compute else None,
+        k,
+        checked.train.accumulate,
+        max(1, steps // case.curve_points),
+        note,
+        sizing,
+    )
 
-    node, _ = split_nesting(OmegaConf.to_container(cfg.nesting, resolve=True))
-    return instantiate(node, _convert_="all")
+
+def train_twins(p: Plan, runner: Runner) -> dict[str, dict[str, list[Trained]]]:
+    """shape -> variant -> one run per seed."""
+    out: dict[str, dict[str, list[Trained]]] = {s: {} for s in p.shapes}
+    for variant, extra in p.case.variants.items():
+        cfg = C.ending(C.compose(p.case.recipe, [*p.overrides, *extra]), p.steps)
+        for shape in p.shapes:
+            twin = C.twin_config(cfg, shape, p.case.metric)
+            for seed in p.seeds:
+                label = f"{p.case.recipe}-alone{'-' + variant if variant else ''}-s{seed}"
+                run = runner.get(C.with_seed(twin, seed), label, p.case.metric)
+                out[shape].setdefault(variant, []).append(run)
+                name = f"{shape} {variant}".strip()
+                say(f"  alone {name} seed {seed}: {shown(p.case.metric, run.rows[0])}", run)
+    return out
 
 
-def quiet() -> None:
-    """Two threads, Lightning's info lines off, the output folder made: before any `train()`."""
+def train_nested(p: Plan, runner: Runner, steps: int, column: str) -> list[Trained]:
+    cfg = C.nested_config(C.ending(p.nested, steps), p.shapes, p.every)
+    runs = []
+    for seed in p.seeds:
+        run = runner.get(C.with_seed(cfg, seed), f"{p.case.recipe}-nested-{steps}-s{seed}", p.case.metric)
+        runs.append(run)
+        values = ", ".join(shown(p.case.metric, run.row(s)) for s in p.shapes)
+        say(f"  nested {column} ({steps} steps) seed {seed}: {values}", run)
+    return runs
+
+
+def shown(metric: str, row: dict[str, Any]) -> str:
+    import math
+
+    value = row[metric]
+    return f"{100 * value:.2f}%" if metric == "accuracy" else f"{value / math.log(2):.4f} bpc"
+
+
+def say(text: str, run: Trained) -> None:
+    print(f"{text} ({'cached' if run.cached else f'{run.wall_s:.0f} s'})", flush=True)
+
+
+def run_recipe(case: C.Case, args: argparse.Namespace, runner: Runner) -> dict[str, Any]:
+    from .quality_summary import summarize
+
+    p = plan(case, args, runner)
+    print(
+        f"\n{case.recipe}: {len(p.shapes)} of {p.space_size} shapes, seeds {p.seeds}, twins {p.steps} steps, "
+        f"nested {p.nested_steps} steps"
+        + (f" and {p.compute_steps} steps (equal compute)" if p.compute_steps else ""),
+        flush=True,
+    )
+    twins = train_twins(p, runner)
+    at_steps = train_nested(p, runner, p.nested_steps, "(a)")
+    at_compute = None
+    if p.compute_steps is not None:
+        same = p.compute_steps == p.nested_steps
+        at_compute = at_steps if same else train_nested(p, runner, p.compute_steps, "(b)")
+    return summarize(p, twins, at_steps, at_compute, args)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="3 shapes (minilm: 2), fewer steps: minutes")
+    parser.add_argument("--only", nargs="+", choices=list(C.CASES), help="run only these recipes")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 on both sides (default 3; see --quick)")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides of the nested and alone runs")
+    parser.add_argument("--nested-set", nargs="*", default=[], help="config overrides of the nested run only")
+    parser.add_argument("--nested-steps", type=int, help="column (a) trains the nested model this many steps")
+    parser.add_argument(
+        "--equal-compute",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="column (b): the nested run at as many passes as all twins together (the longer column)",
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="train every run again (results still cached)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch threads (1 on a machine shared with jobs)"
+    )
+    parser.add_argument("--tag", default="", help="results-<tag>.md/json (default: quick or full)")
+    args = parser.parse_args(argv)
+    if args.seeds is not None and args.seeds < 1:
+        parser.error("--seeds must be >= 1")
+    return args
+
+
+def quiet(threads: int) -> None:
+    """Torch threads, Lightning's info lines off, the output folder made: before any training."""
     import logging
 
     import torch
+    import transformers
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
+    transformers.logging.set_verbosity_error()  # its load reports bypass the runs' redirected stderr
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     OUT.mkdir(parents=True, exist_ok=True)
 
 
-# ---- report ---------------------------------------------------------------------------------------
-def markdown(result: dict[str, Any]) -> str:
-    metric = result["metric"]
-    target = f">= {ACCURACY_TARGET}" if metric == "accuracy" else f"<= {LOSS_TARGET}"
-    what = "accuracy" if metric == "accuracy" else "bits per character"
-    lines = [
-        f"**{result['recipe']}** ({result['steps']} optimizer steps each; {what}; target ratio {target}; "
-        f"nested run {result['nested_wall_s']:.0f} s, all alone runs {result['alone_wall_s']:.0f} s)",
-        "",
-        "| shape | params | alone | nested | nested / alone | |",
-        "|---|---|---|---|---|---|",
-    ]
-    from sortednet.report import human
-
-    for row in result["rows"]:
-        variant = f" ({row['alone_variant']})" if row["alone_variant"] else ""
-        lines.append(
-            f"| {row['shape']} | {human(row['params'])} | {shown(metric, row['alone'])}{variant} | "
-            f"{shown(metric, row['nested'])} | {row['ratio']:.3f} | {'PASS' if row['pass'] else 'MISS'} |"
-        )
-    worst = (
-        min(r["ratio"] for r in result["rows"])
-        if metric == "accuracy"
-        else max(r["ratio"] for r in result["rows"])
-    )
-    passed = sum(r["pass"] for r in result["rows"])
-    lines += ["", f"{passed} of {len(result['rows'])} within target; worst ratio {worst:.3f}.", ""]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer shapes and steps (minutes)")
-    parser.add_argument("--only", nargs="+", choices=list(CASES), help="run only these recipes")
-    parser.add_argument("--set", nargs="*", default=[], help="config overrides for nested and alone runs")
-    parser.add_argument("--nested-set", nargs="*", default=[], help="config overrides of the nested run only")
-    parser.add_argument("--nested-steps", type=int, help="train the nested model this many steps instead")
-    parser.add_argument("--tag", default="", help="name of this run's result file")
-    args = parser.parse_args(argv)
-    quiet()
-    results, failed = [], 0
-    for name, case in CASES.items():
-        if args.only and name not in args.only:
-            continue
-        result = run_case(case, args)
-        results.append(result)
-        text = markdown(result)
-        print("\n" + text, flush=True)
-        failed += sum(not r["pass"] for r in result["rows"])
-    tag = args.tag or ("quick" if args.quick else "full")
-    (OUT / f"results-{tag}.json").write_text(json.dumps(results, indent=1, default=str))
-    (OUT / f"results-{tag}.md").write_text("\n".join(markdown(r) for r in results))
-    print(f"written to {OUT / f'results-{tag}.md'}")
-    return 0 if not failed else 1
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    quiet(args.threads)
+    import sortednet
+
+    runner = Runner(OUT, code_state(Path(sortednet.__file__).parents[1]), use_cache=not args.no_cache)
+    started = datetime.now(timezone.utc)
+    results = [
+        run_recipe(case, args, runner) for name, case in C.CASES.items() if not args.only or name in args.only
+    ]
+    header = {
+        "command": "python -m bench.quality " + shlex.join(argv),
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "code": runner.code,
+        "versions": runner.libraries,
+    }
+    text = markdown(header, results)
+    print("\n" + text)
+    path = write(OUT, args.tag or ("quick" if args.quick else "full"), header, results, text)
+    print(f"written to {path}")
+    return 0 if all(r["equal_steps_ok"] for r in results) else 1
 
 
 if __name__ == "__main__":

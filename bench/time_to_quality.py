@@ -5,7 +5,7 @@ trained alone one after another (each until it reaches its own final accuracy).
     python -m bench.time_to_quality --quick     # digits_vit, 3 shapes, 200 alone steps: minutes on an idle 2-core CPU
     python -m bench.time_to_quality             # the 6 shapes and the recipe's 600 steps
 
-Configs come from bench/quality.py (the recipe composed the same way, the same alone twins: same data order,
+Configs come from bench/quality_cases.py (the recipe composed the same way, the same alone twins: same data order,
 optimizer, schedule, steps and start), and both sides run `sortednet-train`'s own code in this process. The alone
 runs go first: their final accuracies are the targets, and the nested run (allowed `--nested-factor` times the
 alone steps, with the schedule of that length) stops at the first validation where every shape has reached its
@@ -22,12 +22,22 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
-from omegaconf import OmegaConf
 
 from . import quality as Q
+from . import quality_cases as C
 from .common import Result
+from .quality_runs import train
 
 RECIPE = "digits_vit"
+SHAPES = [
+    "depth=2,ffn=0.25,heads=2",
+    "depth=2,ffn=1.0,heads=4",
+    "depth=4,ffn=0.25,heads=4",
+    "depth=4,ffn=0.5,heads=2",
+    "depth=6,ffn=0.5,heads=4",
+    "depth=6,ffn=1.0,heads=4",
+]
+QUICK_SHAPES = ["depth=2,ffn=0.25,heads=2", "depth=4,ffn=0.5,heads=4", "depth=6,ffn=1.0,heads=4"]
 OUT = Q.OUT.parent / "time_to_quality"
 
 
@@ -61,13 +71,13 @@ class ValClock(L.Callback):
 
 
 def _timed_run(cfg: Any, every: int, log: Path) -> ValClock:
-    cfg = cfg.copy()
-    OmegaConf.set_struct(cfg, False)
+    cfg = C.edited(cfg)
     cfg.trainer.val_check_interval = every
+    cfg.trainer.limit_val_batches = 1.0  # a twin of bench.quality validates only at the end
     cfg.callbacks.checkpoint.every_n_train_steps = int(cfg.trainer.max_steps)  # one checkpoint, at the end
     cfg.callbacks.clock = {"_target_": f"{__name__}.ValClock"}
     cfg.eval_table.enabled = False
-    Q.train(cfg, log)
+    train(cfg, OUT, log, "accuracy")
     return ValClock.runs[-1]
 
 
@@ -80,20 +90,21 @@ def first_reach(points, subnet: str, target: float) -> tuple[float | None, int |
 
 
 def measure(quick: bool, every: int, nested_factor: float, steps: int | None) -> tuple[Result, list[str]]:
-    case = Q.CASES[RECIPE]
-    mode = [m for m in (case.quick if quick else case.full) if "val_check_interval" not in m]
-    shapes = case.quick_shapes if quick else case.shapes
-    base = Q.compose(RECIPE, mode)
+    from sortednet.train.config import check as check_config
+
+    case = C.CASES[RECIPE]
+    shapes = QUICK_SHAPES if quick else SHAPES
+    base = C.compose(RECIPE, case.quick if quick else case.full)
     if steps:
         base.trainer.max_steps = steps
     alone_steps = int(base.trainer.max_steps)
-    space = Q.nested_cfg_space(base)
+    space = check_config(base).space
     subnets = [str(space.normalize(s)) for s in shapes]
     lines, targets, alone_s = [], {}, 0.0
     ValClock.targets = {}
     for shape, subnet in zip(shapes, subnets, strict=True):
-        cfg = Q.alone_config(base, shape)
-        clock = _timed_run(cfg, every, OUT / "logs" / f"alone-{Q.fingerprint(cfg)}.log")
+        cfg = C.twin_config(base, shape, "accuracy")
+        clock = _timed_run(cfg, every, OUT / "logs" / f"alone-{subnet}.log")
         final = clock.points[-1][2]
         (key,) = final  # the one subnet of the alone run's space
         targets[subnet] = final[key]
@@ -103,8 +114,7 @@ def measure(quick: bool, every: int, nested_factor: float, steps: int | None) ->
             f"alone {subnet}: final accuracy {final[key]:.2%}, first reached at step {step}, {seconds:.1f} s of "
             f"{clock.train_s:.1f} s training"
         )
-    nested_cfg = base.copy()
-    OmegaConf.set_struct(nested_cfg, False)
+    nested_cfg = C.edited(base)
     nested_cfg.trainer.max_steps = int(math.ceil(nested_factor * alone_steps))
     nested_cfg.val.subnets = subnets
     ValClock.targets = targets
@@ -134,7 +144,7 @@ def measure(quick: bool, every: int, nested_factor: float, steps: int | None) ->
 
 
 def run(quick: bool) -> list[Result]:
-    Q.quiet()
+    Q.quiet(2)
     result, lines = measure(quick, every=20 if quick else 50, nested_factor=2.0, steps=None)
     result.detail += "; " + "; ".join(lines)
     return [result]
@@ -149,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nested-factor", type=float, default=2.0, help="nested step budget / alone steps")
     parser.add_argument("--steps", type=int, help="alone steps (default: the recipe's, or 200 with --quick)")
     args = parser.parse_args(argv)
-    Q.quiet()
+    Q.quiet(2)
     result, lines = measure(args.quick, args.every, args.nested_factor, args.steps)
     print("\n".join(lines))
     print(result.line())

@@ -12,9 +12,10 @@ import sortednet as sn
 from sortednet.sampling import make_sampler
 from sortednet.train import Classification, SortedNetModule
 from sortednet.train.callbacks import NestedCheckpoint
+from sortednet.train.stitching import Stitching
 
 
-def stitched_digits() -> sn.StitchedModel:
+def stitched_digits(members=None) -> sn.StitchedModel:
     anchors = {}
     for name, hidden in (("small", 16), ("large", 32)):
         torch.manual_seed(hidden)
@@ -32,7 +33,7 @@ def stitched_digits() -> sn.StitchedModel:
         )
         anchors[name] = T.ViTForImageClassification(config)
     batch = next(iter(digits().val_dataloader()))
-    return sn.stitch(anchors, calibration=[{"pixel_values": batch["pixel_values"]}])
+    return sn.stitch(anchors, calibration=[{"pixel_values": batch["pixel_values"]}], members=members)
 
 
 def fit(tmp_path, max_steps, ckpt_path=None, distill=False):
@@ -79,3 +80,30 @@ def test_slice_only_options_refuse_a_stitched_model_in_one_line():
     module.trainer = trainer(1)
     with pytest.raises(ValueError, match="optim.update='touched' needs a nested model"):
         module.configure_optimizers()
+
+
+def digits_stitching(members=None) -> Stitching:
+    anchor = {
+        "class_name": "ViTForImageClassification",
+        "config": {"model_type": "vit", "num_hidden_layers": 3, "num_attention_heads": 2, "patch_size": 2},
+    }
+    anchors = {
+        name: {**anchor, "config": {**anchor["config"], "hidden_size": h, "intermediate_size": 2 * h}}
+        for name, h in (("small", 16), ("large", 32))
+    }
+    return Stitching.from_config({"anchors": anchors, "window": 2, "members": members})
+
+
+def test_stitch_members_train_one_stitch_from_the_same_least_squares_init():
+    member = "small:2>large:2"
+    space = digits_stitching([member]).space()
+    assert [str(m) for m in space] == [member]
+    full, alone = stitched_digits(), stitched_digits(members=[member])
+    assert [str(m) for m in alone.space] == [member] and list(alone.stitches) == [member]
+    torch.testing.assert_close(alone.stitches[member].weight, full.stitches[member].weight)
+    anchor = stitched_digits(members=["large"])  # nothing to fit: calibration batches are no error
+    assert [str(m) for m in anchor.space] == ["large"] and not anchor.stitches
+    with pytest.raises(
+        ValueError, match=r"^stitch.members: stitch 'small:9>large:2' is not in the stitch space"
+    ):
+        digits_stitching(["small:9>large:2"]).space()

@@ -19,7 +19,8 @@ def _output(value: Any) -> torch.Tensor:
 def block_outputs(
     model: Any, name: str, inputs: Mapping[str, Any], wanted: set[int]
 ) -> dict[int, torch.Tensor]:
-    """Anchor `name` run alone on `inputs`: the output of each of its blocks in `wanted` (0-based)."""
+    """Anchor `name` run alone on `inputs`: the output of each of its blocks in `wanted` (0-based). Not by
+    `use(name)`: a space restricted to some stitches (`stitch.members`) need not hold the anchor."""
     layers = layer_list(model.anchors[name])
     captured: dict[int, torch.Tensor] = {}
     handles = [
@@ -27,8 +28,8 @@ def block_outputs(
         for i in sorted(wanted)
     ]
     try:
-        with model.use(name):
-            model(**inputs)
+        with model.alone(name) as anchor:
+            anchor(**inputs)
     finally:
         for handle in handles:
             handle.remove()
@@ -82,7 +83,7 @@ def fit_stitches(
 ) -> dict[str, int]:
     """Set every stitching layer to its least-squares map; returns the tokens each fit saw."""
     stats = stitch_statistics(model, batches, max_batches)
-    if not stats:
+    if not stats and any(not m.is_anchor for m in model.space.subnets()):  # a space of anchors fits nothing
         raise ValueError("stitch calibration: no batches; give a loader of model inputs (calibration=...)")
     for name, (xtx, xty, _) in stats.items():
         model.stitches[name].fit(xtx, xty, model.config.ridge)

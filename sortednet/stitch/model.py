@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ def stitch(
     *,
     config: StitchConfig | None = None,
     max_batches: int | None = None,
+    members: Sequence[Stitch | str] | None = None,
     **options: Any,
 ) -> StitchedModel:
     """A StitchedModel over `anchors` (a list: named a0, a1, ... from the smallest; a mapping: your names),
@@ -40,7 +42,8 @@ def stitch(
     fields as keyword arguments: mode, window, stride, lora_rank, ridge; see StitchConfig). With `calibration`
     (batches of model inputs; labels are dropped), each stitching layer is the least-squares map from the
     front anchor's activations at its cut to the back anchor's at its resume point (SN-Net); without, nn.Linear's
-    random init. The anchors are used in place (not copied); each stays callable as it was."""
+    random init. `members` (names of the full space's members): a space of only these. The anchors are used in
+    place (not copied); each stays callable as it was."""
     config = config or StitchConfig(**options)
     if isinstance(anchors, Mapping):
         names, models = list(anchors), list(anchors.values())
@@ -55,7 +58,7 @@ def stitch(
         models = [models[i] for i in order]
     else:
         names, models = [names[i] for i in order], [models[i] for i in order]
-    stitched = StitchedModel(dict(zip(names, models, strict=True)), config, kind)
+    stitched = StitchedModel(dict(zip(names, models, strict=True)), config, kind, members)
     if calibration is not None:
         fit_stitches(stitched, calibration, max_batches)
     return stitched
@@ -119,6 +122,19 @@ class StitchedModel(ManyInOneModel):
         self._lists[host].active = blocks
         self.route.set(host, start)
         return self._active
+
+    @contextmanager
+    def alone(self, name: str) -> Iterator[nn.Module]:
+        """Anchor `name` as itself (its own layers and embeddings) inside the block, whatever member is active."""
+        route, layers = self.route, self._lists[name]
+        saved = (route.host, route.start, layers.active)
+        route.set(name, name)
+        layers.active = None
+        try:
+            yield self.anchors[name]
+        finally:
+            layers.active = saved[2]
+            route.set(saved[0], saved[1])
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self.kind.name == "decoder" and not self._active.is_anchor:

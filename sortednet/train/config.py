@@ -188,8 +188,19 @@ def check(cfg: DictConfig) -> RunConfig:
         callbacks=callbacks,
         nodes={"data": container(cfg.data), "trainer": cfg.trainer, "logger": cfg.get("logger")},
         ckpt_path=ckpt_path,
-        resolved=container(cfg),
+        resolved=resolved(cfg),
     )
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The whole config, resolved (what the checkpoint records); `run_dir` as given when only Hydra's app can
+    resolve it (a config composed outside it: --check, benchmarks)."""
+    out = {key: container(cfg[key]) for key in cfg if key != "run_dir"}
+    try:
+        out["run_dir"] = cfg.run_dir
+    except Exception:  # ${hydra:runtime.output_dir} outside Hydra's app
+        out["run_dir"] = OmegaConf.to_container(cfg, resolve=False).get("run_dir")  # type: ignore[union-attr]
+    return out
 
 
 def _member(space: MemberSpace, member: Any, key: str) -> Any:

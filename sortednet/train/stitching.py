@@ -9,6 +9,8 @@
       calibration_batches: 4    # least-squares init of the stitching layers on the first training batches
       pretrain_steps: 0         # > 0: train each anchor alone first (for anchors built from a config)
       pretrain_lr: 2.0e-3
+      members: null             # a list of stitches and anchors: train only these (e.g. one stitch alone,
+                                # from the same anchors and least-squares init); null: every member
 
 Every value is checked before anything is built (`Stitching.from_config`); the space (anchors ordered by
 exact parameter count, from models built on the meta device) is known then too, so the sampler, validation
@@ -35,7 +37,7 @@ from .alone import train_alone
 from .console import say
 from .models import ModelSpec
 
-OWN_KEYS = ("anchors", "calibration_batches", "pretrain_steps", "pretrain_lr")
+OWN_KEYS = ("anchors", "calibration_batches", "pretrain_steps", "pretrain_lr", "members")
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Stitching:
     calibration_batches: int = 4
     pretrain_steps: int = 0
     pretrain_lr: float = 2e-3
+    members: list[str] | None = None
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any]) -> Stitching:
@@ -94,8 +97,19 @@ class Stitching:
         order = sorted(models, key=lambda n: parts[n].total)
         infos = [AnchorInfo(n, len(layer_list(models[n])), int(models[n].config.hidden_size)) for n in order]
         space = StitchSpace(infos, self.config)
+        if self.members is not None:
+            space = StitchSpace(infos, self.config, self._checked_members(space))
         space.bind(parts)
         return space
+
+    def _checked_members(self, full: StitchSpace) -> list[str]:
+        members = self.members
+        if not isinstance(members, list) or not members or len(set(map(str, members))) < len(members):
+            raise ValueError(f"stitch.members={members!r}; allowed: a list of distinct members, or null")
+        try:
+            return [str(full.normalize(m)) for m in members]
+        except ValueError as err:
+            raise ValueError(f"stitch.members: {err}") from None
 
     def build(self, data: Any, task: Task, seed: int, resuming: bool) -> StitchedModel:
         models = {n: s.build(data.model_kwargs()) for n, s in self.anchors.items()}
@@ -114,7 +128,7 @@ class Stitching:
                 )
         batches = first_batches(data, self.calibration_batches) if self.calibration_batches else None
         start = time.perf_counter()
-        stitched = stitch(models, batches, config=self.config)
+        stitched = stitch(models, batches, config=self.config, members=self.members)
         say(
             f"stitch: {len(stitched.space)} members over anchors {', '.join(stitched.anchors)}, "
             + (
