@@ -75,7 +75,7 @@ CASES = {
         "minilm_nested",
         "accuracy",
         None,
-        2,
+        3,
         ["trainer.max_steps=100", "data.max_length=64", "data.batch_size=32"],
         "the head's init; not the split: the held-out plays (one per genre) are fixed",
         variants={"cls": ["model.pooling=cls"], "mean": ["model.pooling=mean"]},
