@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from . import conv_nest, hf, restore, testing, testing_stages
+from . import conv_nest, hf, nest_header, restore, testing, testing_stages
 from . import nest as nested_kind
 from . import reference as ref
 from .checkpoint import family_of, resolve
@@ -64,7 +64,7 @@ KINDS: dict[str, Kind] = {
         empty=_empty_nested,
         load=_load_nested,
         read_submodel=read_submodel,
-        check_header=nested_kind.check_header,
+        check_header=nest_header.check_header,
         check_family=testing.check_layers,
         quick_check=testing.quick_check,
     ),
@@ -75,7 +75,7 @@ KINDS: dict[str, Kind] = {
         empty=_empty_nested,
         load=_load_nested,
         read_submodel=conv_nest.read_stage_submodel,
-        check_header=nested_kind.check_header,
+        check_header=nest_header.check_header,
         check_family=testing_stages.check_stages,
     ),
     stitched_kind.KIND: Kind(
@@ -194,13 +194,21 @@ def load(path: str | os.PathLike) -> ManyInOneModel:
 
 def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
     """One member of a checkpoint on its own, reading only its bytes where the kind can: a nested sub-model as
-    a plain transformers model; a stitched checkpoint's anchor as a plain model, a stitch as a one-member
-    StitchedModel."""
+    a plain transformers model (kept layers renumbered); one whose layers have different sizes, which no plain
+    config says, as the loaded nested model with that member active; a stitched checkpoint's anchor as a plain
+    model, a stitch as a one-member StitchedModel."""
     path = resolve(path)
     meta = read_metadata(path)
     if (meta.get("options") or {}).get("pooling") == "mean":
         raise ValueError(pooled_refusal("load_submodel()", meta["model_class"]))
-    return kind_of(meta).read_submodel(path, meta, subnet)
+    kind = kind_of(meta)
+    if kind.name != stitched_kind.KIND and Subnet.parse(subnet).per_layer:
+        model = kind.empty(meta)  # no plain config says layers of different sizes: the nested model runs it
+        if not model.space.plan(subnet).uniform:
+            loaded = kind.load(path, meta)
+            loaded.activate(subnet)
+            return loaded
+    return kind.read_submodel(path, meta, subnet)
 
 
 def check_family(

@@ -33,8 +33,8 @@ from .conv_layers import (
 )
 from .export import read_submodel
 from .families.stages import StageFamily
-from .layers import ROLES, LayerList, SlicedNorm, replace
-from .nest import NestedModel, original_key
+from .layers import ROLES, LayerList, SlicedNorm, original_key, replace
+from .nest import NestedModel
 from .spec import NestingSpace, Subnet
 
 KIND = "stages"  # the checkpoint header's `kind` of a nested stage family
@@ -62,6 +62,11 @@ def nest_stages(
     if pooling or head not in (None, "shared"):
         raise ValueError(
             f"pooling/head options are for transformers; model family {family.name!r} takes neither"
+        )
+    if space.per_layer:
+        raise ValueError(
+            f"nesting.per_layer={list(space.per_layer)}: model family {family.name!r} takes one size for every "
+            "stage; allowed: nesting.per_layer=null"
         )
     if space.depth_order is not None or ranking is not None:
         raise ValueError(

@@ -60,12 +60,11 @@ def _ranks(k: np.ndarray, module: LowRankLinear) -> np.ndarray:
     return np.minimum(r, module.cap).astype(np.int64)
 
 
-def param_cost_fn(nested):
-    """Cost function of a NestedModel's space: exact parameter count of each subnet. A factorised projection
-    counts min(r (out + in), out x in): its factors, or the dense weight when that is smaller."""
+def _coefficients(nested):
+    """What the exact count is made of: per layer (the terms outside its projections, its projections), the
+    shared terms (and per depth, a head's) and the hidden size."""
     family, full, model = nested.family, nested.full, nested.model
     hidden = full["hidden"]
-    place = position(nested.ranking)  # layer i runs at depth k when place[i] < k
     layers = model.base_model.get_submodule(family.layers)
     axes = hidden_axes(model, hidden) if "hidden" in nested.space.dims else {}
     per_layer = []  # per layer: (rest terms, [(out_roles, in_role, has_bias, LowRankLinear | None)])
@@ -87,6 +86,27 @@ def param_cost_fn(nested):
     in_heads = {id(p) for params in heads.values() for p in params}
     shared = _terms([p for p in model.parameters() if id(p) not in in_layers | in_heads], axes, hidden)
     head_terms = {depth: _terms(params, axes, hidden) for depth, params in heads.items()}
+    return per_layer, shared, head_terms
+
+
+def _layer_count(rest, projections, roles, d, rank):
+    """One layer's parameters at its role widths (vectorised over subnets: arrays, or ints)."""
+    count = sum(c * d**k for k, c in rest.items())
+    for out_roles, in_role, has_bias, low_rank in projections:
+        width, fan_in = sum(roles[r] for r in out_roles), roles[in_role]
+        dense = width * fan_in
+        if low_rank is not None:
+            dense = np.minimum(dense, _ranks(rank, low_rank) * (width + fan_in))
+        count = count + dense + (width if has_bias else 0)
+    return count
+
+
+def param_cost_fn(nested):
+    """Cost function of a NestedModel's space: exact parameter count of each uniform subnet, vectorised. A
+    factorised projection counts min(r (out + in), out x in): its factors, or the dense weight when smaller."""
+    family, full = nested.family, nested.full
+    per_layer, shared, head_terms = _coefficients(nested)
+    place = position(nested.ranking)  # layer i runs at depth k when place[i] < k
 
     def cost(sizes):
         n = len(next(iter(sizes.values())))
@@ -100,14 +120,28 @@ def param_cost_fn(nested):
         for depth, terms in head_terms.items():
             total = total + np.where(s["depth"] == depth, sum(c * d**k for k, c in terms.items()), 0)
         for index, (rest, projections) in enumerate(per_layer):
-            count = sum(c * d**k for k, c in rest.items()) + np.zeros(n, dtype=np.int64)
-            for out_roles, in_role, has_bias, low_rank in projections:
-                width, fan_in = sum(roles[r] for r in out_roles), roles[in_role]
-                dense = width * fan_in
-                if low_rank is not None:
-                    dense = np.minimum(dense, _ranks(s["rank"], low_rank) * (width + fan_in))
-                count = count + dense + (width if has_bias else 0)
+            count = _layer_count(rest, projections, roles, d, s.get("rank")) + np.zeros(n, dtype=np.int64)
             total = total + np.where(s["depth"] > place[index], count, 0)
         return np.asarray(total, dtype=np.float64)
+
+    return cost
+
+
+def member_cost_fn(nested):
+    """The exact parameter count of any member from its plan (kept layers, each with its own sizes)."""
+    family, full = nested.family, nested.full
+    per_layer, shared, head_terms = _coefficients(nested)
+
+    def cost(plan) -> float:
+        sizes = {**full, **plan.sizes}
+        d = sizes["hidden"]
+        total = sum(c * d**k for k, c in shared.items())
+        total += sum(c * d**k for k, c in head_terms.get(len(plan.kept), {}).items())
+        for j, i in enumerate(plan.kept):
+            layer = {**sizes, **plan.layers[j]}
+            roles = family.role_sizes(full, layer)
+            rank = np.asarray(layer.get("rank", full.get("rank", 0)))
+            total += int(_layer_count(*per_layer[i], roles, d, rank))
+        return float(total)
 
     return cost

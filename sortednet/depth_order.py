@@ -53,3 +53,25 @@ def position(order: Ranking) -> list[int]:
 
 def is_prefix(order: Ranking) -> bool:
     return order == tuple(range(len(order)))
+
+
+class LayerTypes(list):
+    """`config.layer_types` of a nested model. HF models pick a layer's attention mask by its place in the loop
+    (`causal_mask_mapping[config.layer_types[i]]`), so while a sub-model that skips layers is active, entry i
+    answers for its i-th kept layer. Iteration, `len` and JSON see the model's own list."""
+
+    kept: tuple[int, ...] | None = None
+
+    def __getitem__(self, index):  # type: ignore[override]
+        kept = self.kept
+        if kept is None or isinstance(index, slice):
+            return super().__getitem__(index)
+        return super().__getitem__(kept[index])
+
+
+def record(order: str | Sequence[int] | None, ranking: Ranking) -> dict[str, object]:
+    """What a checkpoint's header records of the depth order: nothing for the first-k prefix."""
+    if is_prefix(tuple(ranking)):
+        return {}
+    method = order if isinstance(order, str) else "given"
+    return {"depth_order": {"method": method, "ranking": list(ranking)}}

@@ -20,6 +20,7 @@ from .families import Family
 from .heads import head_aliases
 from .layers import layer_rank
 from .spec import NestingSpace, Subnet
+from .subnet import shown
 
 
 def factorized_ranks(
@@ -81,6 +82,14 @@ def build_submodel(
     return hf.fill_model(small, read)
 
 
+def per_layer_refusal(subnet: Subnet, class_name: str) -> str:
+    return (
+        f"subnet {shown(str(subnet))} gives its layers different sizes, which a plain {class_name} config cannot "
+        "say (one size for every layer); sn.load_submodel(path, subnet) gives a runnable sortednet model of it "
+        "(the slicing config names it in the checkpoint), or choose a subnet whose layers are alike"
+    )
+
+
 def renumbering(family: Family, kept: Sequence[int] | None) -> Callable[[str], str]:
     """key of the sub-model -> key of the nested model: its layer j is the nested model's layer kept[j]."""
     if kept is None or list(kept) == list(range(len(kept))):
@@ -111,12 +120,16 @@ def read_submodel(
     if low_rank:
         full["rank"] = max(e["full_rank"] for e in low_rank.values())
     space = NestingSpace.from_dict(meta["space"]).bind(full, lambda d, v: family.resolve(full, d, v), None)
-    sizes = space.resolve(subnet)
-    kept = depth_order.kept(stored_ranking(meta, full["depth"]), sizes.get("depth", full["depth"]))
+    space.set_ranking(stored_ranking(meta, full["depth"]))
+    normal = space.normalize(subnet)
+    plan = space.plan(normal)
+    if not plan.uniform:
+        raise ValueError(per_layer_refusal(normal, hf.model_class(meta["model_class"]).__name__))
+    sizes, kept = {**plan.sizes, **(plan.layers[0] if plan.layers else {})}, plan.kept
     with safe_open(str(path), framework="pt") as f:
         aliases = {**meta.get("aliases", {}), **head_aliases(f.keys(), sizes.get("depth", full["depth"]))}
         if aliases_for is not None:
-            aliases.update(aliases_for(meta, config, family, full, sizes, space.normalize(subnet), f.keys()))
+            aliases.update(aliases_for(meta, config, family, full, sizes, normal, f.keys()))
         return build_submodel(
             hf.model_class(meta["model_class"]),
             config,

@@ -25,24 +25,30 @@ Box = tuple[tuple[int, int], ...]  # a (start, stop) per dimension of a paramete
 
 
 class NestState:
-    """The active sizes, shared by every wrapper of one nested model.
+    """The active sizes of one layer, or of the model outside its layers (the hidden size, the depth): a handful
+    of ints its wrappers read. A nested model has one per layer (sizes may differ per layer) and one shared.
 
     `touched`, when a dict (the optimizer's `update=touched`), collects per parameter the boxes that forwards
-    with gradient used since the last optimizer step; None (the default) records nothing.
+    with gradient used since the last optimizer step; None (the default) records nothing. Every layer's state
+    records into the shared state's dict (`shared`).
     """
 
-    __slots__ = (*ROLES, "touched")
+    __slots__ = (*ROLES, "touched", "shared")
 
-    def __init__(self, sizes: Mapping[str, int]) -> None:
+    def __init__(self, sizes: Mapping[str, int], shared: NestState | None = None) -> None:
         self.touched: dict[nn.Parameter, list[Box]] | None = None
+        self.shared: NestState = self if shared is None else shared
         self.set(sizes)
 
     def touch(self, param: torch.Tensor | None, *box: tuple[int, int]) -> None:
         """Record that a forward used `param[box]` (the whole parameter when no box is given)."""
-        touched = self.touched
+        touched = self.shared.touched
         if touched is None or param is None or not param.requires_grad or not torch.is_grad_enabled():
             return
         touched.setdefault(param, []).append(box or tuple((0, n) for n in param.shape))
+
+    def recording(self) -> bool:
+        return self.shared.touched is not None
 
     def set(self, sizes: Mapping[str, int]) -> None:
         for role in ROLES:
@@ -123,7 +129,7 @@ class SlicedLinear(Wrapper):
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
     def _touch(self, weight, bias, start: int, stop: int, in_width: int) -> None:
-        if self.state.touched is None:
+        if self.state.shared.touched is None:
             return
         rows, cols = (start, stop), (0, in_width)
         self.state.touch(weight, *((cols, rows) if self.transposed else (rows, cols)))
@@ -285,7 +291,7 @@ class SlicedNorm(Wrapper):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = x.shape[-1]
         base = self.base_layer
-        if self.state is not None and self.state.touched is not None:
+        if self.state is not None and self.state.recording():
             self.state.touch(base.weight, (0, d))
             self.state.touch(getattr(base, "bias", None), (0, d))
         if d == self.full:
@@ -330,3 +336,13 @@ class SlicedOutput(Wrapper):
         out = self.base_layer(*args, **kwargs)
         d = self.state.hidden
         return out if d == out.shape[-1] else out[..., :d]
+
+
+def is_norm(module: nn.Module) -> bool:
+    rms = type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon")
+    return (isinstance(module, nn.LayerNorm) and module.weight is not None) or rms
+
+
+def original_key(name: str) -> str:
+    """A wrapped model's parameter or module name under the original model's (every `base_layer` dropped)."""
+    return ".".join(part for part in name.split(".") if part != "base_layer")

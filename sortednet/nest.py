@@ -9,7 +9,6 @@ check of an unverified family and dispatches to one of them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,13 +21,12 @@ except ImportError:
     ALL_CACHE_NAMES = ["past_key_values"]
 
 from . import depth_order, hf
-from .checkpoint import damaged
-from .cost import param_cost_fn
+from .cost import member_cost_fn, param_cost_fn
 from .draft import draft
-from .export import build_submodel, factorized_ranks
+from .export import build_submodel, factorized_ranks, per_layer_refusal
 from .families import Family
-from .heads import DepthHeads, check_head, head_aliases
 from .heads import apply as apply_heads
+from .heads import check_head, head_aliases
 from .layers import (
     FIXED,
     LayerList,
@@ -39,6 +37,8 @@ from .layers import (
     SlicedNorm,
     SlicedOutput,
     inside,
+    is_norm,
+    original_key,
     replace,
     unwrap,
 )
@@ -46,6 +46,7 @@ from .many import ManyInOneModel
 from .pooling import apply as apply_pooling
 from .pooling import check_pooling, pooled_refusal
 from .spec import NestingSpace, Subnet
+from .subnet import shown
 
 KIND = "nested"  # the checkpoint header's `kind` of a nested layer family
 SLICING = (SlicedLinear, SlicedNorm, SlicedEmbedding, SlicedOutput)  # wrappers that cut what they wrap
@@ -78,6 +79,7 @@ def nest_layers(
         full["rank"] = max(min(layer.get_submodule(path).weight.shape) for path in targets)
     bound = space.bind(full, lambda d, v: family.resolve(full, d, v), None)  # every check, before any change
     order = depth_order.ranking(space.depth_order if ranking is None else ranking, full["depth"])
+    bound.set_ranking(order)
     reader = check_pooling(model, pooling)
     check_head(model, head, bound.dims, reader)
     if verify is not None:
@@ -86,7 +88,7 @@ def nest_layers(
     if head == "per_depth":
         options["head"] = head
     nested = NestedModel(model, bound, family, full, options, order)
-    bound.set_cost(param_cost_fn(nested))
+    bound.set_cost(param_cost_fn(nested), member_cost_fn(nested))
     return nested
 
 
@@ -120,7 +122,9 @@ class NestedModel(ManyInOneModel):
         self._hooks: list[Any] = []  # handles of the hooks sortednet registered (unnest removes only these)
         self._switch_cache: dict[Any, tuple[Subnet, Any]] = {}
         self._renumbered = False  # a layer_idx is not its layer's own: a sub-model skipping layers is active
-        self._layer_types: LayerTypes | None = None  # config.layer_types, answering per kept layer
+        self._layer_types: depth_order.LayerTypes | None = (
+            None  # config.layer_types, answering per kept layer
+        )
         self._inject()
         self._active = self.activate(space.largest)
 
@@ -143,7 +147,9 @@ class NestedModel(ManyInOneModel):
         layers = LayerList(base.get_submodule(self.family.layers))
         replace(base, self.family.layers, layers)
         self.__dict__["_layers"] = layers  # not a submodule of this module: it lives in the model
-        self._patched: list[tuple[nn.Module, str, str]] = []
+        # a state per layer: a sub-model may give each layer its own sizes (a per-layer subnet)
+        self.layer_states = [NestState(self._full_roles(), self.state) for _ in layers.every_layer()]
+        self._patched: list[tuple[int, nn.Module, str, str]] = []  # (layer, module, attribute, role)
         # modules that index the KV cache by their layer (attention's layer_idx): renumbered on a switch, so that a
         # sub-model that skips layers fills a cache of its own depth, as its exported model would
         self._indexed = [
@@ -152,7 +158,7 @@ class NestedModel(ManyInOneModel):
         ]
         self._own_indexes = [(m, i) for i, modules in enumerate(self._indexed) for m in modules]
         types = getattr(self.model.config, "layer_types", None)
-        self._layer_types = LayerTypes(types) if isinstance(types, list) else None
+        self._layer_types = depth_order.LayerTypes(types) if isinstance(types, list) else None
         if self._layer_types is not None:
             self.model.config.layer_types = self._layer_types
         full_roles = self.family.role_sizes(self.full, {})
@@ -160,7 +166,8 @@ class NestedModel(ManyInOneModel):
             set(self.family.rank_targets(self.space.rank_targets)) if "rank" in self.space.dims else set()
         )
         absolute = bool(low_rank) and isinstance(self.space.values["rank"][0], int)
-        for layer in layers.every_layer():
+        for index, layer in enumerate(layers.every_layer()):
+            state = self.layer_states[index]
             for path, proj in self.family.layer_projections(layer).items():
                 blocks, offset = [], 0
                 for role in proj.out_roles:
@@ -169,14 +176,14 @@ class NestedModel(ManyInOneModel):
                 base_layer = layer.get_submodule(path)
                 if path in low_rank:
                     wrapped = LowRankLinear(
-                        base_layer, self.state, blocks, proj.in_role, self.full["rank"], absolute
+                        base_layer, state, blocks, proj.in_role, self.full["rank"], absolute
                     )
                 else:
-                    wrapped = SlicedLinear(base_layer, self.state, blocks, proj.in_role)
+                    wrapped = SlicedLinear(base_layer, state, blocks, proj.in_role)
                 replace(layer, path, wrapped)
             for path, role in self.family.layer_attrs.items():
                 owner_path, _, attr = path.rpartition(".")
-                self._patched.append((layer.get_submodule(owner_path), attr, role))
+                self._patched.append((index, layer.get_submodule(owner_path), attr, role))
         if "hidden" in self.space.dims:
             self._inject_hidden()
 
@@ -222,26 +229,33 @@ class NestedModel(ManyInOneModel):
 
     def kept(self, subnet: Subnet | str) -> tuple[int, ...]:
         """The layers `subnet` runs, in their original sequence."""
-        return depth_order.kept(self.ranking, self.sizes(subnet)["depth"])
+        return self.space.plan(subnet).kept
 
     def _switch_plan(self, subnet: Subnet) -> Any:
-        """What a switch to `subnet` sets (computed once per subnet): the role widths, the layers that run and
-        the cache index of each."""
-        roles = self.family.role_sizes(self.full, self.space.resolve(subnet))
-        kept = self.kept(subnet)
+        """What a switch to `subnet` sets (computed once per subnet): the role widths outside the layers and of
+        each kept layer, the layers that run and the cache index of each."""
+        plan = self.space.plan(subnet)
+        kept, full = plan.kept, self.full
+        layer_roles = [self.family.role_sizes(full, {**plan.sizes, **sizes}) for sizes in plan.layers]
+        roles = layer_roles[0] if layer_roles else self.family.role_sizes(full, plan.sizes)
+        by_layer = {i: layer_roles[j] for j, i in enumerate(kept)}
+        states = [(self.layer_states[i], by_layer[i]) for i in kept]
+        patched = [(m, attr, by_layer[i][role]) for i, m, attr, role in self._patched if i in by_layer]
         every = self._layers.every_layer()
         layers = None if len(kept) == len(every) else tuple(every[i] for i in kept)
         renumbered = [(m, j) for j, i in enumerate(kept) for m in self._indexed[i] if j != i]
-        return roles, layers, self._own_indexes + renumbered if renumbered else [], kept
+        return roles, states, patched, layers, self._own_indexes + renumbered if renumbered else [], kept
 
     def _switch(self, plan: Any) -> None:
-        roles, layers, indexes, kept = plan
+        roles, states, patched, layers, indexes, kept = plan
         self.state.set(roles)
+        for state, sizes in states:
+            state.set(sizes)
         self._layers.active = layers
         if self._layer_types is not None:
             self._layer_types.kept = None if layers is None else kept
-        for module, attr, role in self._patched:
-            module.__dict__[attr] = roles[role]  # a plain int: skip nn.Module.__setattr__'s checks (hot path)
+        for module, attr, value in patched:
+            module.__dict__[attr] = value  # a plain int: skip nn.Module.__setattr__'s checks (hot path)
         if indexes or self._renumbered:
             for module, index in indexes or self._own_indexes:
                 module.__dict__["layer_idx"] = index
@@ -258,8 +272,14 @@ class NestedModel(ManyInOneModel):
 
     # ---- sizes --------------------------------------------------------------------------------
     def sizes(self, subnet: Subnet | str) -> dict[str, int]:
-        """Absolute size of every dimension (full size where the space does not nest it)."""
-        return {**self.full, **self.space.resolve(subnet)}
+        """Absolute size of every dimension (full size where the space does not nest it) of a subnet whose
+        layers are all alike (a per-layer one: `space.plan`)."""
+        plan = self.space.plan(subnet)
+        if not plan.uniform:
+            raise ValueError(
+                f"subnet {shown(str(subnet))} has sizes per layer; its sizes: nested.space.plan(subnet)"
+            )
+        return {**self.full, **plan.sizes, **(plan.layers[0] if plan.layers else {})}
 
     def layer_host(self) -> tuple[nn.Module, Any] | None:
         return self.model, self.family
@@ -297,7 +317,7 @@ class NestedModel(ManyInOneModel):
             if name not in modules:
                 raise ValueError(f"low_rank: {name} is not a factorised projection of this model")
             modules[name].cap = int(entry["cap"])
-        self.space.set_cost(param_cost_fn(self))
+        self.space.set_cost(param_cost_fn(self), member_cost_fn(self))
 
     def read_stats(self, get: Callable[[str], torch.Tensor], meta: Mapping[str, Any], keys: Any) -> None:
         """Read what the kind stores beside the weights from a checkpoint (`get(key)` reads a tensor)."""
@@ -317,8 +337,11 @@ class NestedModel(ManyInOneModel):
         """`extract()` without the pooling check: with pooling="mean" the model's own head reads [CLS] (for the
         exact form, see sortednet.sentence_export)."""
         normal = self.space.normalize(Subnet.parse(subnet))
+        plan = self.space.plan(normal)
+        if not plan.uniform:
+            raise ValueError(per_layer_refusal(normal, type(self.model).__name__))
         source = self.tensors()
-        sizes = self.space.resolve(normal)
+        sizes = {**plan.sizes, **(plan.layers[0] if plan.layers else {})}
         return build_submodel(
             type(self.model),
             self.model.config,
@@ -328,7 +351,7 @@ class NestedModel(ManyInOneModel):
             lambda key, idx: source[key][idx].clone(memory_format=torch.contiguous_format),
             self.aliases(normal, source),
             factorized=factorized_ranks(self.low_rank_info(), self.full, sizes, self.space),
-            kept=self.kept(normal),
+            kept=plan.kept,
         )
 
     def _refuse_pooled(self, what: str) -> None:
@@ -349,7 +372,7 @@ class NestedModel(ManyInOneModel):
             self.model.config,
             self.family,
             self.full,
-            self.space.resolve(subnet),
+            self.sizes(subnet),
             self.base_state_dict(),
             str(subnet),
             factorised=bool(self.low_rank_modules()),
@@ -357,7 +380,7 @@ class NestedModel(ManyInOneModel):
         )
 
     def _depth_order_record(self) -> dict[str, Any]:
-        return depth_order_record(self.space, self.ranking)
+        return depth_order.record(self.space.depth_order, self.ranking)
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """The model's own `generate`; for a sub-model that skips layers, with a KV cache of its own depth (its
@@ -372,7 +395,7 @@ class NestedModel(ManyInOneModel):
         ):
             from transformers import DynamicCache
 
-            sizes = self.space.resolve(self._active)
+            sizes = self.space.plan(self._active).sizes  # the cache needs the layers, not their widths
             sub = self.family.sub_config(self.model.config, self.full, sizes, kept)
             kwargs[name] = DynamicCache(config=sub)
         return self.model.generate(*args, **kwargs)
@@ -391,79 +414,3 @@ class NestedModel(ManyInOneModel):
             **self.metadata,
             **(metadata or {}),
         }
-
-
-# what a nested checkpoint's header must hold: field -> the types it may have
-HEADER_FIELDS: dict[str, tuple[type, ...]] = {
-    "model_class": (str,),
-    "config": (dict,),
-    "space": (dict,),
-    "aliases": (dict,),
-    "low_rank": (dict,),
-}
-OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
-    "eval_table": (list,),
-    "train_config": (dict,),
-    "global_step": (int,),
-    "options": (dict,),
-    "nonfinite": (list,),
-    "family": (dict,),
-    "permutation": (dict,),
-    "block_influence": (dict,),
-}
-
-
-def check_header(path: Path, meta: Mapping[str, Any]) -> None:
-    """The fields a nested checkpoint needs, each of the right type (one line naming the first that is not)."""
-    for fields, required in ((HEADER_FIELDS, True), (OPTIONAL_FIELDS, False)):
-        for name, types in fields.items():
-            if name not in meta and not required:
-                continue
-            if not isinstance(meta.get(name), types) or (
-                name == "global_step" and isinstance(meta[name], bool)
-            ):
-                allowed = " or ".join(t.__name__ for t in types)
-                found = type(meta.get(name)).__name__ if name in meta else "missing"
-                raise damaged(path, f"field {name!r} is {found}, expected {allowed}")
-    if not isinstance(meta["config"].get("model_type"), str):
-        raise damaged(path, "config has no model_type")
-    try:
-        NestingSpace.from_dict(meta["space"])
-    except (ValueError, TypeError) as err:
-        raise damaged(path, f"space: {err}") from None
-
-
-class LayerTypes(list):
-    """`config.layer_types` of a nested model. HF models pick a layer's attention mask by its place in the loop
-    (`causal_mask_mapping[config.layer_types[i]]`), so while a sub-model that skips layers is active, entry i
-    answers for its i-th kept layer. Iteration, `len` and JSON see the model's own list."""
-
-    kept: tuple[int, ...] | None = None
-
-    def __getitem__(self, index):  # type: ignore[override]
-        kept = self.kept
-        if kept is None or isinstance(index, slice):
-            return super().__getitem__(index)
-        return super().__getitem__(kept[index])
-
-
-def depth_order_record(space: NestingSpace, ranking: Sequence[int]) -> dict[str, Any]:
-    """What the header records of the depth order: nothing for the first-k prefix."""
-    if depth_order.is_prefix(tuple(ranking)):
-        return {}
-    order = space.depth_order
-    return {"depth_order": {"method": order if isinstance(order, str) else "given", "ranking": list(ranking)}}
-
-
-def is_norm(module: nn.Module) -> bool:
-    rms = type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon")
-    return (isinstance(module, nn.LayerNorm) and module.weight is not None) or rms
-
-
-def original_key(name: str) -> str:
-    """A wrapped model's parameter or module name under the original model's (every `base_layer` dropped)."""
-    return ".".join(part for part in name.split(".") if part != "base_layer")
-
-
-def depth_heads(model: nn.Module) -> list[DepthHeads]:
-    return [m for m in model.modules() if isinstance(m, DepthHeads)]

@@ -19,8 +19,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .families import Family, family_for
-from .layers import SlicedLinear
-from .nest import NestedModel, is_norm
+from .layers import SlicedLinear, is_norm
+from .nest import NestedModel
 
 PERMUTABLE = ("ffn", "heads", "hidden")
 ROLE_GROUP = {"ffn": "ffn", "q": "heads", "kv": "heads", "hidden": "hidden"}

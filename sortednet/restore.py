@@ -10,7 +10,8 @@ from safetensors import safe_open
 
 from . import hf
 from .checkpoint import OWN_KEYS
-from .nest import NestedModel, original_key
+from .layers import original_key
+from .nest import NestedModel
 
 
 def fill(nested: NestedModel, path: Path, meta: Mapping[str, Any]) -> NestedModel:

@@ -111,17 +111,29 @@ class UniformSampler(Sampler):
 class SandwichSampler(Sampler):
     """Largest + smallest + K-2 others (the sandwich rule of US-Nets). The others are drawn at random
     (`middle="random"`), or taken in turn from a cycle through every other member (`middle="cycle"`: a new
-    order each round, so each is trained once every ceil(n / (K-2)) steps instead of 1 in n/(K-2) on average)."""
+    order each round, so each is trained once every ceil(n / (K-2)) steps instead of 1 in n/(K-2) on average).
+    `per_layer=True`: the others are drawn with a size per layer (a space with `per_layer` dimensions)."""
 
     name = "sandwich"
     guarantees_largest = True
 
-    def __init__(self, space: MemberSpace, k: int = 4, seed: int = 0, middle: str = "random") -> None:
+    def __init__(
+        self, space: MemberSpace, k: int = 4, seed: int = 0, middle: str = "random", per_layer: bool = False
+    ) -> None:
         if k < 2 and len(space) > 1:
             raise ValueError(f"sampler.k={k} is too small for sampler=sandwich; allowed: k >= 2")
         if middle not in MIDDLES:
             raise ValueError(f"sampler.middle={middle!r} is unknown; allowed: {', '.join(MIDDLES)}")
-        self.middle_order = middle
+        if per_layer and not getattr(space, "per_layer", ()):
+            raise ValueError(
+                "sampler.per_layer=true draws sizes per layer, but the nesting space has none; allowed with "
+                "nesting.per_layer=[ffn, heads, ...], else sampler.per_layer=false"
+            )
+        if per_layer and middle != "random":
+            raise ValueError(
+                "sampler.per_layer=true draws its members at random; allowed: sampler.middle=random"
+            )
+        self.middle_order, self.per_layer = middle, bool(per_layer)
         super().__init__(space, k, seed)
 
     def _tables(self) -> None:
@@ -143,11 +155,15 @@ class SandwichSampler(Sampler):
 
     def _draw(self, rng: np.random.Generator) -> list[Subnet]:
         ends = [self.largest] if self.largest == self.smallest else [self.largest, self.smallest]
+        if self.per_layer:  # Flextron / OFA: every layer draws its own sizes
+            return ends + [self.space.sample_member(rng) for _ in range(self.k - len(ends))]  # type: ignore[union-attr]
         return ends + self._pick(rng, self.middle, self.k - len(ends))
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
-        return {**state, "middle": self.middle_order} if self.middle_order != "random" else state
+        if self.middle_order != "random":
+            state["middle"] = self.middle_order
+        return {**state, "per_layer": True} if self.per_layer else state
 
 
 class SortedSampler(Sampler):

@@ -1,57 +1,37 @@
-"""Subnet and NestingSpace: what a sub-model is, which ones exist, and their order by cost.
+"""NestingSpace: which sub-models exist (sortednet.subnet.Subnet is one), and their order by cost.
 
-A value is a fraction of the full size (float in (0, 1]) or an absolute size (int >= 1). A space is
-unbound until `nest()` binds it to a model's full sizes; binding validates every value against the model
-and replaces the cost proxy with the exact parameter count.
+For each nested dimension, the allowed sizes; the uniform sub-models are their product (the grid, enumerated
+cheapest first). A space may allow sizes per layer and kept layers (`per_layer`): those sub-models are members
+too (`in`, `normalize`, `cost`, `plan`) but are not enumerated. A space is unbound until `nest()` binds it to a
+model's full sizes; binding validates every value against the model and replaces the cost proxy with the exact
+parameter count.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-DIMENSIONS = ("depth", "hidden", "heads", "ffn", "rank", "channels")
+from .members import MemberCostFn, PerLayerMembers, check_per_layer
+from .subnet import (
+    DIMENSIONS,
+    Subnet,
+    Value,
+    check_value,
+    format_value,
+    parse_value,
+    shown,
+)
+
 DEPTH_ORDERS = (
     "prefix",
     "every_other",
     "influence",
 )  # or a ranking: a list of layer indices, most important first
-Value = int | float
 # Vectorised cost: {dim: int array of absolute sizes} -> float array. Set by binding.
 CostFn = Callable[[Mapping[str, np.ndarray]], np.ndarray]
-
-
-def check_value(dim: str, value: object) -> Value:
-    if dim not in DIMENSIONS:
-        raise ValueError(f"unknown dimension {dim!r}; allowed: {', '.join(DIMENSIONS)}")
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{dim}={value!r} is not a number; allowed: an int >= 1 or a fraction in (0, 1]")
-    if isinstance(value, (float, np.floating)):
-        if not 0.0 < float(value) <= 1.0 or math.isnan(value):
-            raise ValueError(
-                f"{dim}={value!r} is outside (0, 1]; allowed: a fraction in (0, 1] or an int >= 1"
-            )
-        return float(value)
-    if int(value) < 1:
-        raise ValueError(f"{dim}={value!r} is below 1; allowed: an int >= 1 or a fraction in (0, 1]")
-    return int(value)
-
-
-def format_value(value: Value) -> str:
-    return repr(float(value)) if isinstance(value, float) else str(int(value))
-
-
-def parse_value(dim: str, text: str) -> Value:
-    text = text.strip()
-    try:
-        value: Value = int(text) if text.lstrip("+-").isdigit() else float(text)
-    except ValueError:
-        raise ValueError(
-            f"{dim}={text!r} is not a number; allowed: an int >= 1 or a fraction in (0, 1]"
-        ) from None
-    return check_value(dim, value)
 
 
 def check_depth_order(order: object, has_depth: bool) -> str | tuple[int, ...] | None:
@@ -77,63 +57,7 @@ def check_depth_order(order: object, has_depth: bool) -> str | tuple[int, ...] |
     return tuple(int(i) for i in ranking)
 
 
-class Subnet:
-    """One point of a nesting space: a size for some dimensions (the others are at full size)."""
-
-    __slots__ = ("_sizes", "_hash")
-
-    def __init__(self, sizes: Mapping[str, Value] | None = None, **kwargs: Value) -> None:
-        merged = {**(sizes or {}), **kwargs}
-        checked = {d: check_value(d, v) for d, v in merged.items()}
-        self._sizes = tuple((d, checked[d]) for d in DIMENSIONS if d in checked)
-        self._hash = hash(self._sizes)
-
-    @classmethod
-    def parse(cls, text: str | Subnet) -> Subnet:
-        """`Subnet.parse("depth=8,ffn=0.5,heads=6")`; `str(subnet)` gives the same text back."""
-        if isinstance(text, Subnet):
-            return text
-        sizes: dict[str, Value] = {}
-        for part in filter(None, (p.strip() for p in str(text).split(","))):
-            dim, sep, raw = part.partition("=")
-            dim = dim.strip()
-            if not sep:
-                raise ValueError(f"subnet part {part!r} is not dim=value; example: depth=8,ffn=0.5,heads=6")
-            if dim in sizes:
-                raise ValueError(f"subnet {text!r} gives {dim!r} twice; give each dimension once")
-            sizes[dim] = parse_value(dim, raw)
-        return cls(sizes)
-
-    @property
-    def dims(self) -> tuple[str, ...]:
-        return tuple(d for d, _ in self._sizes)
-
-    def get(self, dim: str, default: Value | None = None) -> Value | None:
-        return dict(self._sizes).get(dim, default)
-
-    def __getitem__(self, dim: str) -> Value:
-        return dict(self._sizes)[dim]
-
-    def items(self) -> tuple[tuple[str, Value], ...]:
-        return self._sizes
-
-    def as_dict(self) -> dict[str, Value]:
-        return dict(self._sizes)
-
-    def __str__(self) -> str:
-        return ",".join(f"{d}={format_value(v)}" for d, v in self._sizes)
-
-    def __repr__(self) -> str:
-        return f"Subnet({str(self)!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Subnet) and self._sizes == other._sizes
-
-    def __hash__(self) -> int:
-        return self._hash
-
-
-class NestingSpace:
+class NestingSpace(PerLayerMembers):
     """For each nested dimension, the allowed sizes; its subnets are the product, ordered by cost.
 
     >>> space = NestingSpace(depth=[6, 12], ffn=[0.25, 0.5, 1.0], heads=[6, 12])
@@ -147,11 +71,13 @@ class NestingSpace:
         *,
         rank_targets: Iterable[str] | None = None,
         depth_order: str | Iterable[int] | None = None,
+        per_layer: Iterable[str] | None = None,
         **dims: Iterable[Value],
     ) -> None:
         merged = {**(values or {}), **dims}
         targets = merged.pop("rank_targets", None) if rank_targets is None else rank_targets
         order = merged.pop("depth_order", None) if depth_order is None else depth_order
+        varying = merged.pop("per_layer", None) if per_layer is None else per_layer
         # which projections `rank` factorises: layer-relative name patterns (fnmatch); None = the family's all
         self.rank_targets: tuple[str, ...] | None = None if targets is None else tuple(targets)
         if self.rank_targets is not None and "rank" not in merged:
@@ -181,9 +107,12 @@ class NestingSpace:
             )
         # which layers depth=k keeps: the first k of a ranking (see sortednet.depth_order); None = prefix
         self.depth_order: str | tuple[int, ...] | None = check_depth_order(order, "depth" in self.values)
+        self.per_layer: tuple[str, ...] = check_per_layer(varying, self.values)
+        self.ranking: tuple[int, ...] | None = None  # the model's depth order, once bound
         self.full: dict[str, int] | None = None
         self._resolved: dict[str, tuple[int, ...]] | None = None
         self._cost_fn: CostFn | None = None
+        self._member_cost: MemberCostFn | None = None
         self._ordered: list[Subnet] | None = None
         self._costs: np.ndarray | None = None
 
@@ -192,7 +121,12 @@ class NestingSpace:
         self, full: Mapping[str, int], resolve: Callable[[str, Value], int], cost_fn: CostFn | None
     ) -> NestingSpace:
         """A copy bound to a model: `resolve(dim, value)` validates and gives the absolute size."""
-        bound = NestingSpace(self.values, rank_targets=self.rank_targets, depth_order=self.depth_order)
+        bound = NestingSpace(
+            self.values,
+            rank_targets=self.rank_targets,
+            depth_order=self.depth_order,
+            per_layer=self.per_layer,
+        )
         bound.full = dict(full)
         bound._resolved = {d: tuple(resolve(d, v) for v in vals) for d, vals in self.values.items()}
         for dim, sizes in bound._resolved.items():
@@ -204,19 +138,33 @@ class NestingSpace:
         bound._cost_fn = cost_fn
         return bound
 
-    def set_cost(self, cost_fn: CostFn) -> None:
-        """Order this bound space by `cost_fn` (the nested model's exact parameter count)."""
+    def set_cost(self, cost_fn: CostFn, member_cost: MemberCostFn | None = None) -> None:
+        """Order this bound space by `cost_fn` (the nested model's exact parameter count); `member_cost` counts
+        a per-layer member from its plan."""
         self._cost_fn, self._ordered, self._costs = cost_fn, None, None
+        self._member_cost = member_cost
+
+    def set_ranking(self, ranking: Sequence[int]) -> None:
+        """The model's layers in the order depth keeps them (sortednet.depth_order), once nested."""
+        self.ranking = tuple(ranking)
 
     @property
     def is_bound(self) -> bool:
         return self._resolved is not None
 
     def resolve(self, subnet: Subnet | str) -> dict[str, int]:
-        """Absolute size of every nested dimension for a subnet of this (bound) space."""
+        """Absolute size of every nested dimension for a uniform subnet of this (bound) space (a per-layer one:
+        `plan`)."""
         if self._resolved is None:
             raise ValueError("this nesting space is not bound to a model; use nest(model, space).space")
-        index = self._index(Subnet.parse(subnet))
+        sub = Subnet.parse(subnet)
+        if sub.per_layer:
+            sub = self.normalize(sub)
+            if sub.per_layer:
+                raise ValueError(
+                    f"subnet {shown(str(sub))} has sizes per layer; its sizes: space.plan(subnet)"
+                )
+        index = self._index(sub)
         return {d: self._resolved[d][i] for d, i in zip(self.values, index, strict=True)}
 
     def absolute(self, dim: str) -> tuple[int, ...]:
@@ -263,13 +211,17 @@ class NestingSpace:
         return vals.index(1.0) if 1.0 in vals and isinstance(vals[0], float) else None
 
     def normalize(self, subnet: Subnet | str) -> Subnet:
-        """The space's own spelling of a subnet (every nested dim, values as listed); raises if outside."""
-        index = self._index(Subnet.parse(subnet))
+        """The space's own spelling of a member (every nested dim, values as listed; a per-layer list whose sizes
+        are all one size, and kept layers that are what a depth keeps, spelt uniformly); raises if outside."""
+        sub = Subnet.parse(subnet)
+        if sub.per_layer:
+            return self._normalize_per_layer(sub)
+        index = self._index(sub)
         return Subnet({d: self.values[d][i] for d, i in zip(self.values, index, strict=True)})
 
     def __contains__(self, subnet: object) -> bool:
         try:
-            self._index(Subnet.parse(subnet))  # type: ignore[arg-type]
+            self.normalize(subnet)  # type: ignore[arg-type]
         except ValueError:
             return False
         return True
@@ -327,7 +279,14 @@ class NestingSpace:
         return self._costs.copy()  # type: ignore[union-attr]
 
     def cost(self, subnet: Subnet | str) -> float:
-        index = np.asarray([self._index(Subnet.parse(subnet))])
+        sub = Subnet.parse(subnet)
+        if sub.per_layer:
+            sub = self.normalize(sub)
+        if sub.per_layer:
+            if self._member_cost is None:
+                raise ValueError("the cost of a per-layer subnet needs a space bound to a model (nest())")
+            return float(self._member_cost(self.plan(sub)))
+        index = np.asarray([self._index(sub)])
         return float(self._grid_costs(index)[0])
 
     def __iter__(self) -> Iterator[Subnet]:
@@ -347,6 +306,8 @@ class NestingSpace:
         if self.depth_order is not None:
             order = self.depth_order
             out["depth_order"] = order if isinstance(order, str) else list(order)  # type: ignore[assignment]
+        if self.per_layer:
+            out["per_layer"] = list(self.per_layer)
         return out
 
     @classmethod
@@ -372,6 +333,7 @@ class NestingSpace:
             and self.values == other.values
             and self.rank_targets == other.rank_targets
             and self.depth_order == other.depth_order
+            and self.per_layer == other.per_layer
         )
 
     def __repr__(self) -> str:

@@ -151,6 +151,11 @@ def check(cfg: DictConfig) -> RunConfig:
     rank = train_node.pop("rank", None) or {}
     train = Train(**train_node, members=space.normalize)
     check_compile(train.compile, rank.get("sampling") if "rank" in space.dims else None)
+    if train.compile and getattr(sampler, "per_layer", False):
+        raise ValueError(
+            "train.compile with sampler.per_layer=true would compile a graph for almost every step (each draw is "
+            "a new sub-model); allowed with train.compile: sampler.per_layer=false"
+        )
     check_distill(train.distill, sampler)
     maestro = MaestroCallback(**rank, seed=seed) if "rank" in space.dims else None
     callbacks = callback_entries(cfg)

@@ -205,7 +205,8 @@ class SortedNetModule(L.LightningModule):
                 self.manual_backward(objective * weight / self.accumulate)
             total += weight * loss.detach()
             self._step_losses.append((subnet, loss.detach()))
-            self.log(f"train/loss/{subnet}", loss.detach(), on_step=True, on_epoch=False)
+            name = "per_layer" if getattr(subnet, "per_layer", False) else subnet  # one key, not one per draw
+            self.log(f"train/loss/{name}", loss.detach(), on_step=True, on_epoch=False)
         # this rank's loss on this micro-batch; train/step_loss (once per step) is the mean over all ranks
         self.log("train/loss", total, on_step=True, on_epoch=False, prog_bar=True)
         self._step_loss = total / self.accumulate + (self._step_loss if self.micro else 0.0)
