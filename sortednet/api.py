@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from . import conv_nest, hf, nest_header, restore, testing, testing_stages
+from . import conv_nest, hf, nest_header, restore, slicing, testing, testing_stages
 from . import nest as nested_kind
 from . import reference as ref
 from .checkpoint import family_of, resolve
@@ -193,7 +193,7 @@ def load(path: str | os.PathLike) -> ManyInOneModel:
 
 
 def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
-    """One member of a checkpoint on its own, reading only its bytes where the kind can: a nested sub-model as
+    """One member of a checkpoint (or a slice of its slicing config, by name) on its own, reading only its bytes where the kind can: a nested sub-model as
     a plain transformers model (kept layers renumbered); one whose layers have different sizes, which no plain
     config says, as the loaded nested model with that member active; a stitched checkpoint's anchor as a plain
     model, a stitch as a one-member StitchedModel."""
@@ -202,6 +202,8 @@ def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
     if (meta.get("options") or {}).get("pooling") == "mean":
         raise ValueError(pooled_refusal("load_submodel()", meta["model_class"]))
     kind = kind_of(meta)
+    if isinstance(subnet, str) and "=" not in subnet and meta.get("slices"):  # a slice's name
+        subnet = slicing.find(meta["slices"], subnet)
     if kind.name != stitched_kind.KIND and Subnet.parse(subnet).per_layer:
         model = kind.empty(meta)  # no plain config says layers of different sizes: the nested model runs it
         if not model.space.plan(subnet).uniform:

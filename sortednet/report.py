@@ -69,7 +69,7 @@ def print_table(
         )
     for row in rows:
         table.add_row(
-            *(_cell(k, row[k]) for k in keys), style="green" if row["subnet"] in highlight else None
+            *(_cell(k, row[k]) for k in keys), style="green" if row.get("subnet") in highlight else None
         )
     if console is None:  # wide enough for the whole table (a pipe gets 80 columns otherwise)
         widths = [max(len(k), *(len(_cell(k, r[k])) for r in rows)) for k in keys]

@@ -289,9 +289,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog=PROG, description="Export one sub-model of a checkpoint as a plain transformers folder."
     )
     parser.add_argument("ckpt", help="a sortednet .safetensors checkpoint or a run folder")
-    parser.add_argument(
-        "--subnet", required=True, help="e.g. depth=4,ffn=0.5 (dimensions not given: full size)"
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--subnet", help="e.g. depth=4,ffn=0.5 (dimensions not given: full size)")
+    which.add_argument(
+        "--slice", metavar="NAME", help="a slice of the checkpoint's slicing config (sortednet-search)"
     )
+    parser.add_argument("--slices", metavar="FILE.csv", help="with --slice: a slicing-config file instead")
     parser.add_argument("--out", required=True, help="the folder to write (new or empty)")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="default: fp32")
     parser.add_argument(
@@ -310,8 +313,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="BatchNorm networks: training batches that calibrate a subnet the checkpoint has no statistics for",
     )
     args = parser.parse_args(argv)
+    subnet = args.subnet
+    if args.slice is not None:
+        from ..slicing import find, read_slices
+
+        _, meta = open_checkpoint(args.ckpt)
+        subnet = find(read_slices(args.slices) if args.slices else meta.get("slices") or [], args.slice)
     info = export_subnet(
-        args.ckpt, args.subnet, args.out, args.dtype, args.force, args.rgb, args.calibration_batches
+        args.ckpt, subnet, args.out, args.dtype, args.force, args.rgb, args.calibration_batches
     )
     report(info, args.out)
 

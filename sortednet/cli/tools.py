@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import os
 import sys
 from collections.abc import Callable, Sequence
 from functools import wraps
@@ -38,6 +39,8 @@ def command(prog: str) -> Callable[[Callable[[Sequence[str] | None], Any]], Call
                 print(f"{prog}: {' '.join(str(err).split())}", file=sys.stderr)
                 sys.exit(NO_ANSWER)
             except (ValueError, FileNotFoundError, FileExistsError) as err:
+                if os.environ.get("SORTEDNET_DEBUG"):  # the traceback instead of the line
+                    raise
                 print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
                 sys.exit(BAD_INPUT)
 
