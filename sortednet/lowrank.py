@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .layers import LowRankLinear, layer_rank
+from .layers import LowRankLinear
 from .nest import NestedModel
 
 
@@ -40,18 +40,13 @@ def importance(module: LowRankLinear) -> torch.Tensor:
 
 
 def sample_layer_ranks(nested: NestedModel, rng: np.random.Generator | None) -> None:
-    """Ordered dropout per layer: each factorised projection draws its own rank among the space's rank
-    sizes, up to the active subnet's; None clears the draws."""
-    space = nested.space
+    """Ordered dropout per layer (Maestro): each factorised projection draws its own rank b uniformly in 1..r, r its
+    rank under the active subnet (its cut applied); None clears the draws."""
     for module in low_rank_modules(nested):
         module.sampled = None
         if rng is None:
             continue
-        limit = module.rank()
-        sizes = space.absolute("rank") if space.is_bound else ()
-        allowed = sorted({layer_rank(k, module.full_rank, module.max_rank, module.absolute) for k in sizes})
-        allowed = [r for r in allowed if r <= limit] or [limit]
-        module.sampled = int(rng.choice(allowed))
+        module.sampled = int(rng.integers(1, module.rank() + 1))
 
 
 @dataclass

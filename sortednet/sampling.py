@@ -80,19 +80,13 @@ class Sampler:
 
 
 class AllSampler(Sampler):
-    """Every subnet on every step (largest first)."""
+    """Every member on every step (largest first): as many forward/backward passes per step as the space has
+    members (SortedNet trains 160 at once); the members of the uniform grid for a per-layer space."""
 
     name = "all"
     guarantees_largest = True
 
-    def __init__(
-        self, space: MemberSpace, k: int | None = None, seed: int = 0, max_subnets: int = 64
-    ) -> None:
-        if len(space) > max_subnets:
-            raise ValueError(
-                f"sampler=all would train {len(space)} subnets per step, above sampler.max_subnets={max_subnets}; "
-                "use sampler=sandwich, uniform, sorted or budget, or raise sampler.max_subnets"
-            )
+    def __init__(self, space: MemberSpace, k: int | None = None, seed: int = 0) -> None:
         super().__init__(space, len(space), seed)
 
     def _draw(self, rng: np.random.Generator) -> list[Subnet]:

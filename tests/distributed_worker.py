@@ -123,7 +123,7 @@ class Plain(L.LightningModule):
         super().__init__()
         self.model = model
         self.micro = 0
-        self.sampler = make_sampler("all", SPACE, max_subnets=100)  # only read by the Recorder
+        self.sampler = make_sampler("all", SPACE)  # only read by the Recorder
 
     def training_step(self, batch, batch_idx):
         return self.model(**batch).loss

@@ -20,10 +20,6 @@ QUICK = [
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (
-            ["sampler=all", "sampler.max_subnets=10"],
-            r"sampler=all would train 18 subnets per step, above sampler.max_subnets=10",
-        ),
         (["sampler=uniform", "sampler.k=40"], r"sampler.k=40 is above 18; allowed: an int >= 1 and <= 18"),
         (
             ['val.subnets=["depth=3"]'],

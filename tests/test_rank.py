@@ -135,10 +135,13 @@ def test_per_layer_ranks_stay_under_the_subnet_and_clear():
         sample_layer_ranks(nested, np.random.default_rng(0))
         drawn = [m.rank() for m in nested.low_rank_modules().values()]
         assert all(
-            r in (m.full_rank // 4, m.full_rank // 2)
-            for r, m in zip(drawn, nested.low_rank_modules().values(), strict=True)
+            1 <= r <= m.full_rank // 2 for r, m in zip(drawn, nested.low_rank_modules().values(), strict=True)
         )
-        assert len(set(drawn)) > 1
+        assert len(set(drawn)) > 2  # any rank in 1..r per layer, not only the space's coarse grid
+        grid = {m.full_rank // 4 for m in nested.low_rank_modules().values()} | {
+            m.full_rank // 2 for m in nested.low_rank_modules().values()
+        }
+        assert set(drawn) - grid
         sample_layer_ranks(nested, None)
         assert all(m.rank() == m.full_rank // 2 for m in nested.low_rank_modules().values())
 

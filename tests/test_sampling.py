@@ -48,11 +48,11 @@ def test_all_trains_every_subnet_largest_first(space):
     assert set(drawn) == set(space.subnets()) and drawn[0] == space.largest
 
 
-def test_all_is_refused_above_its_limit(space):
-    with pytest.raises(
-        ValueError, match=r"sampler=all would train 24 subnets per step, above sampler.max_subnets=10"
-    ):
-        make_sampler("all", space, max_subnets=10)
+def test_all_has_no_limit_to_raise_by_hand():
+    big = sn.NestingSpace(
+        depth=[1, 2, 3, 4, 5], ffn=[0.25, 0.5, 0.75, 1.0], heads=[0.25, 0.5, 0.75, 1.0], hidden=[0.5, 1.0]
+    )
+    assert len(big) == 160 and len(make_sampler("all", big).sample(0)) == 160  # SortedNet trains 160 at once
 
 
 def test_uniform_is_uniform(space):

@@ -130,6 +130,17 @@ def evaluate_checkpoint(
     meta = sn.read_metadata(path)
     nested = sn.load(path)
     subnets = pick_subnets(nested.space, s["subnets"], int(s["max_subnets"]), int(s["seed"]))
+    searched = [
+        nested.space.normalize(x["subnet"]) for x in meta.get("slices") or []
+    ]  # sortednet-search's front
+    sampled = len(subnets) < len(nested.space)
+    subnets = [*subnets, *(m for m in searched if m not in subnets)]
+    if sampled or searched:
+        what = (
+            f"a cost-stratified sample of {len(subnets) - len(searched)} of the {len(nested.space)} members"
+        )
+        console.print(f"{PROG}: {what if sampled else 'every member'}" + (
+            f" and the {len(searched)} searched slices" if searched else ""))  # fmt: skip
     data, data_cfg = build_data(meta, data_cfg, s["eval_batch_size"], fallback=s)
     task = task_for(data.task)
     nested.to(device)
@@ -163,6 +174,8 @@ def evaluate_checkpoint(
     info = {
         "subnets": len(rows),
         "space_size": len(nested.space),
+        "sampled": sampled,
+        "searched": len(searched),
         "seconds": round(seconds, 3),
         "device": str(device),
         "device_name": device_name(device),

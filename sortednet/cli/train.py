@@ -175,7 +175,7 @@ def finish(run: RunConfig, trainer: L.Trainer, data, module, run_dir: Path) -> l
     rows: list[dict[str, Any]] = []
     table = run.eval_table
     if table.enabled:
-        subnets = nested.space.subnets() if len(nested.space) <= table.max_subnets else module.val_subnets
+        subnets = table_members(nested, table.max_subnets, module.val_subnets)
         batches = itertools.islice(data.val_dataloader(), table.max_batches)
         rows = evaluate_subnets(nested, batches, module.task, subnets)
         if needs_calibration(nested):  # BatchNorm: each subnet's statistics from training batches (US-Nets)
@@ -185,7 +185,11 @@ def finish(run: RunConfig, trainer: L.Trainer, data, module, run_dir: Path) -> l
             rows = with_uncalibrated(evaluate_subnets(nested, batches, module.task, subnets), uncalibrated)
             nested.save(one_file_path(last), metadata=run_metadata(one_file_path(last)))
         write_table(rows, run_dir)
-        title = f"{run.name}: every sub-model on the validation set"
+        every = len(subnets) == len(nested.space)
+        title = (
+            f"{run.name}: {'every' if every else f'{len(subnets)} of the {len(nested.space)}'} sub-models "
+            + ("on the validation set" if every else "(a cost-stratified sample and the validated ones)")
+        )
         print_table(rows, title=title, metric=module.task.metric)
         record(f"{title}\n{(run_dir / 'table.md').read_text()}")
         influence = block_influence(
@@ -196,6 +200,15 @@ def finish(run: RunConfig, trainer: L.Trainer, data, module, run_dir: Path) -> l
     log_final(trainer, rows, run_dir, one_file_path(last), {"global_step": trainer.global_step})
     say(f"run folder: {run_dir}\n  {last}\n  {one_file_path(last)}")
     return rows
+
+
+def table_members(nested: Any, n: int, validated: list[Any]) -> list[Any]:
+    """What the end-of-training table evaluates: every member, or in a larger space a cost-stratified sample of
+    `n` (smallest and largest in) and the members validated during training, cheapest first."""
+    from ..measure import stratified_subnets
+
+    sample = stratified_subnets(nested.space, n) if n else []
+    return sorted(dict.fromkeys([*sample, *validated]), key=nested.num_params)
 
 
 # ---- the edge: user errors become one line ------------------------------------------------------------

@@ -52,7 +52,7 @@ class EvalTable:
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
             raise ValueError(f"eval_table.enabled={self.enabled!r} is not allowed; allowed: true or false")
-        number("eval_table.max_subnets", self.max_subnets, int, low=1)
+        number("eval_table.max_subnets", self.max_subnets, int, low=0)
         if self.max_batches is not None:
             number("eval_table.max_batches", self.max_batches, int, low=1)
         number("eval_table.calibration_batches", self.calibration_batches, int, low=1)
@@ -84,7 +84,12 @@ class RunConfig:
         """One screen: what the run will train and how (sortednet-train --check)."""
         space, trainer = self.space, self.nodes["trainer"]
         smallest, largest = space.smallest, space.largest
-        evaluated = f"{len(space)} members" if len(space) <= self.eval_table.max_subnets else "val.subnets"
+        n = self.eval_table.max_subnets
+        evaluated = (
+            f"{len(space)} members"
+            if len(space) <= n
+            else f"{n} of {len(space)} members (cost-stratified) + val.subnets"
+        )
         what = self.model.pretrained or f"a new {self.model.class_name}"
         return [
             ("run", f"{self.name} (seed {self.seed})"),
