@@ -11,7 +11,7 @@ import transformers as T
 
 import sortednet as sn
 from sortednet.stitch import StitchConfig, StitchingLayer, fit_stitches
-from sortednet.stitch.fit import block_outputs
+from sortednet.stitch.fit import hidden_states
 
 
 def vit(hidden: int, layers: int, labels: int = 5, seed: int = 0) -> T.ViTForImageClassification:
@@ -119,8 +119,8 @@ def test_least_squares_init_beats_random_init_on_held_out_activations():
     for member in stitched.space:
         if member.is_anchor:
             continue
-        x = block_outputs(stitched, member.front, held_out, {member.cut - 1})[member.cut - 1]
-        y = block_outputs(stitched, member.back, held_out, {member.resume - 1})[member.resume - 1]
+        x = hidden_states(stitched, member.front, held_out, {member.cut})[member.cut]
+        y = hidden_states(stitched, member.back, held_out, {member.resume})[member.resume]
         with torch.no_grad():
             fitted = (stitched.stitches[str(member)](x) - y).pow(2).mean()
             random = (random_layers[str(member)](x) - y).pow(2).mean()
