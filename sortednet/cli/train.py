@@ -39,6 +39,7 @@ def build(run: RunConfig, run_dir: Path) -> tuple[Any, Any]:
     from ..data.loader import first_batches
     from ..report import human
     from ..train import SortedNetModule, task_for
+    from ..train.costs import measure_costs
     from ..train.teacher import build_teacher
 
     L.seed_everything(run.seed, workers=True, verbose=False)
@@ -104,10 +105,12 @@ def build(run: RunConfig, run_dir: Path) -> tuple[Any, Any]:
         f"{run.name}: {len(nested.space)} sub-models in one model of {human(costs[-1])} parameters "
         f"(the smallest {human(costs[0])})"
     )
+    sampler = run.sampler.bind(nested.space)
+    measure_costs(nested, sampler, data)  # sampler.cost=flops|latency: the costs it groups by
     module = SortedNetModule(
         nested,
         task,
-        run.sampler.bind(nested.space),
+        sampler,
         optim=run.optim,
         train=run.train,
         val_subnets=run.val_subnets,

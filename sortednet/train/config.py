@@ -157,6 +157,7 @@ def check(cfg: DictConfig) -> RunConfig:
     check_eval_callback(callbacks.get("eval"), space)
     trainer = {k: v for k, v in container(cfg.trainer).items() if not k.startswith("_")}
     check_trainer(trainer)
+    check_latency_cost(sampler, trainer)
     optim = Optim(**container(cfg.optim))
     strategy = str(trainer.get("strategy", "auto"))
     if optim.update == "touched" and "fsdp" in strategy:
@@ -190,6 +191,23 @@ def check(cfg: DictConfig) -> RunConfig:
         ckpt_path=ckpt_path,
         resolved=resolved(cfg),
     )
+
+
+def check_latency_cost(sampler: Sampler, trainer: Mapping[str, Any]) -> None:
+    """Latency is timed, not counted: on several ranks each would group the members differently."""
+    if getattr(sampler, "cost", "params") != "latency":
+        return
+    devices, nodes = trainer.get("devices", "auto"), trainer.get("num_nodes", 1)
+    one = (
+        devices == 1
+        or (isinstance(devices, list) and len(devices) == 1)
+        or (devices == "auto" and trainer.get("accelerator") == "cpu")
+    )
+    if not one or nodes != 1:
+        raise ValueError(
+            f"sampler.cost=latency with trainer.devices={devices} trainer.num_nodes={nodes}: each rank would time "
+            "the members differently; allowed: sampler.cost=flops or params, or one device"
+        )
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:
