@@ -24,7 +24,7 @@ from .compiled import check_compile
 from .eval_callback import check_eval_callback
 from .maestro import MaestroCallback
 from .models import ModelSpec
-from .options import Optim, Train, check_distill, check_trainer
+from .options import Optim, Train, check_distill, check_distill_stitched, check_trainer
 from .reorder import Reorder
 from .stitching import Stitching
 
@@ -152,6 +152,8 @@ def check(cfg: DictConfig) -> RunConfig:
     train = Train(**train_node, members=space.normalize)
     check_compile(train.compile, rank.get("sampling") if "rank" in space.dims else None)
     check_distill(train.distill, sampler)
+    if stitching is not None:
+        check_distill_stitched(train.distill)
     maestro = MaestroCallback(**rank, seed=seed) if "rank" in space.dims else None
     callbacks = callback_entries(cfg)
     check_eval_callback(callbacks.get("eval"), space)
