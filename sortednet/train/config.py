@@ -86,11 +86,13 @@ class RunConfig:
         smallest, largest = space.smallest, space.largest
         evaluated = f"{len(space)} members" if len(space) <= self.eval_table.max_subnets else "val.subnets"
         what = self.model.pretrained or f"a new {self.model.class_name}"
+        cost = getattr(self.sampler, "cost", "params")
+        by = f", by {cost} (measured when the model is built)" if cost != "params" else ""
         return [
             ("run", f"{self.name} (seed {self.seed})"),
             ("model", "anchors " + ", ".join(self.stitching.anchors) if self.stitching else what),
             ("members", f"{len(space)} (smallest {smallest}, largest {largest})"),
-            ("sampler", f"{self.sampler.name}, k={self.sampler.k} per step"),
+            ("sampler", f"{self.sampler.name}, k={self.sampler.k} per step{by}"),
             ("steps", f"trainer.max_steps={trainer.get('max_steps')}, accumulate={self.train.accumulate}"),
             ("optim", f"AdamW lr={self.optim.lr} {self.optim.schedule}, update={self.optim.update}"),
             ("data", str(self.nodes["data"].get("_target_", "")).rsplit(".", 1)[-1]),
