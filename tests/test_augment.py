@@ -160,3 +160,27 @@ def test_bad_augmentation_is_refused_in_one_line(options, message):
 def test_repeats_must_divide_the_batch():
     with pytest.raises(ValueError, match=r"^data.augment.repeats=3 does not divide data.batch_size=64"):
         ImageClassificationDataModule(augment={"repeats": 3})
+
+
+def test_a_run_trains_on_augmented_batches_and_validates_on_plain_ones(tmp_path, monkeypatch):
+    from test_recipes import COMMON, compose_recipe, hub_free_overrides
+
+    import sortednet.tasks as tasks
+    from sortednet.cli.train import run
+
+    seen: dict[str, set] = {"loss": set(), "stats": set()}
+    loss, stats = tasks.Task.loss, tasks.Task.stats
+
+    def recording(name, method):
+        def wrapped(self, logits, labels):
+            seen[name].add((labels.dtype, tuple(labels.shape)))
+            return method(self, logits, labels)
+
+        return wrapped
+
+    monkeypatch.setattr(tasks.Task, "loss", recording("loss", loss))
+    monkeypatch.setattr(tasks.Task, "stats", recording("stats", stats))
+    overrides = [f"run_dir={tmp_path}/run", *COMMON, *hub_free_overrides("snnet_deit", tmp_path)]
+    run(compose_recipe("snnet_deit", overrides))  # batch 18: 6 images x 3 repeats, mixup/cutmix, smoothing
+    assert seen["loss"] == {(torch.float32, (18, 10))}
+    assert seen["stats"] == {(torch.int64, (18,))}
