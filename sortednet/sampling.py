@@ -6,7 +6,7 @@ trains the same subnets and a resumed run continues the same sequence. A sampler
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,8 @@ from .many import MemberSpace
 from .spec import Subnet
 
 WEIGHTINGS = ("uniform", "linear", "inverse", "geometric")
+COSTS = ("params", "flops", "latency")
+DEFAULT_GROUPS = 8  # sampler=ros without a gap or a count of groups  # what a cost-aware sampler groups by; flops and latency are measured
 MIDDLES = (
     "random",
     "cycle",
@@ -25,12 +27,44 @@ MIDDLES = (
 class Sampler:
     name = "base"
     guarantees_largest = False  # the largest subnet is in every draw (needed for in-place distillation)
+    cost = "params"  # what the draws depend on besides the order: measured by the trainer unless params
 
     def __init__(self, space: MemberSpace, k: int = 1, seed: int = 0) -> None:
         number("sampler.k", k, int, low=1, high=len(space))
         self.k, self.seed = int(k), int(number("seed", seed, int, low=0))
         self.space: MemberSpace | None = None
+        self.member_costs: dict[str, float] | None = None
         self.bind(space)
+
+    def set_costs(self, costs: Mapping[Any, float] | Sequence[float]) -> Sampler:
+        """Measured costs (`sampler.cost`: FLOPs per sample, latency in ms): a mapping member -> cost, or values
+        aligned with `space.subnets()`. sortednet-train measures them once the model is built."""
+        if not isinstance(costs, Mapping):
+            values = list(costs)
+            if len(values) != len(self.ordered):
+                raise ValueError(f"{len(values)} costs for {len(self.ordered)} members; give one per member")
+            costs = dict(zip(self.ordered, values, strict=True))
+        given = {str(m): number(f"cost of {m}", v, low=0, low_open=True) for m, v in costs.items()}
+        missing = [str(m) for m in self.ordered if str(m) not in given]
+        if missing:
+            raise ValueError(
+                f"sampler.cost={self.cost}: no cost for {missing[0]} ({len(missing)} members lack one)"
+            )
+        self.member_costs = given
+        self._tables()
+        return self
+
+    def _costs(self) -> np.ndarray | None:
+        """The costs aligned with `self.ordered`: the space's parameter counts, the measured ones, or None."""
+        if self.member_costs is not None:
+            return np.asarray([self.member_costs[str(m)] for m in self.ordered], dtype=np.float64)
+        return np.asarray(self.space.costs(), dtype=np.float64) if self.cost == "params" else None
+
+    def _unmeasured(self) -> RuntimeError:
+        return RuntimeError(
+            f"sampler {self.name!r} groups by cost={self.cost}, not measured yet: sampler.set_costs(...) (sortednet-"
+            "train measures it when the model is built)"
+        )
 
     def bind(self, space: MemberSpace) -> Sampler:
         """Draw from `space`: the space the options were checked against, or the same members bound to the model
@@ -194,16 +228,22 @@ class SortedSampler(Sampler):
         return {**super().state_dict(), "weighting": self.weighting, "ratio": self.ratio}
 
 
+def _cost_kind(cost: str) -> str:
+    if cost not in COSTS:
+        raise ValueError(f"sampler.cost={cost!r} is unknown; allowed: {', '.join(COSTS)}")
+    return cost
+
+
 class BudgetSampler(Sampler):
     """Stratified by cost: the log-cost range is cut into K equal strata and one subnet is drawn from each,
-    so small and large regions of a combinatorial space are both visited every step (SN-Netv2).
+    so small and large regions of a combinatorial space are both visited every step.
 
-    `costs` (aligned with `space.subnets()`) defaults to the space's exact parameter counts; pass FLOPs to
-    stratify by compute.
+    `cost`: params (the space's exact counts), flops (per sample) or latency (ms), measured when the model is
+    built (sortednet-train) or given as `costs` (aligned with `space.subnets()`).
 
-    `groups=G` is SN-Netv2's resource-constrained sampling: the log-cost range is cut into G groups and each
-    draw picks K distinct non-empty groups uniformly, then one member in each (with K < G, a step visits only
-    some groups; over steps every group is equally likely whatever its size).
+    `groups=G`: the log-cost range is cut into G groups and each draw picks K distinct non-empty groups
+    uniformly, then one member in each (with K < G, a step visits only some groups; over steps every group is
+    equally likely whatever its size). SN-Netv2's own grouping (a fixed FLOPs gap) is sampler=ros.
     """
 
     name = "budget"
@@ -215,20 +255,29 @@ class BudgetSampler(Sampler):
         seed: int = 0,
         costs: np.ndarray | None = None,
         groups: int | None = None,
+        cost: str = "params",
     ) -> None:
         self.groups = None if groups is None else number("sampler.groups", groups, int, low=1)
-        self.given_costs = None if costs is None else np.asarray(costs, dtype=np.float64)
+        self.cost = _cost_kind(cost)
         super().__init__(space, k, seed)
+        if costs is not None:
+            self.set_costs(np.asarray(costs, dtype=np.float64))
 
     def _tables(self) -> None:
+        costs = self._costs()
+        if costs is None:
+            self.strata = None
+            return
         n = self.groups or self.k
-        cost = np.log(self.space.costs() if self.given_costs is None else self.given_costs)
+        cost = np.log(costs)
         edges = np.linspace(cost.min(), cost.max(), n + 1)
         bins = np.clip(np.searchsorted(edges, cost, side="right") - 1, 0, n - 1)
         strata = [np.flatnonzero(bins == b) for b in range(n)]
         self.strata = [s for s in strata if len(s)]
 
     def _draw(self, rng: np.random.Generator) -> list[Subnet]:
+        if self.strata is None:
+            raise self._unmeasured()
         strata = self.strata
         if self.groups is not None:
             strata = [
@@ -242,11 +291,102 @@ class BudgetSampler(Sampler):
         return self._largest_first([self.ordered[i] for i in picks])
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), **({"groups": self.groups} if self.groups else {})}
+        state = {**super().state_dict(), **({"groups": self.groups} if self.groups else {})}
+        return {**state, "cost": self.cost} if self.cost != "params" else state
+
+
+class GroupSampler(Sampler):
+    """SN-Netv2's resource-constrained sampling (ROS): the members sorted by cost are cut into groups, a new group
+    starting where the cost exceeds the group's first by more than `gap` (the authors' `group_subnets_by_flops`,
+    1 GFLOPs for DeiT: `cost=flops gap=1e9`), or into `groups` equal-width cost ranges; each draw picks a group
+    uniformly, then a member of it uniformly (K draws: K distinct groups). A range crowded with members is then
+    trained as often as a sparse one. Neither gap nor groups: 8 groups.
+
+    `cost`: flops (per sample, counted by torch.utils.flop_counter when the model is built), params (the space's
+    exact counts) or latency (ms, measured on the build device); `gap` is in that unit. The groups are part of
+    the sampler's state: a resumed run keeps them."""
+
+    name = "ros"
+
+    def __init__(
+        self,
+        space: MemberSpace,
+        k: int = 1,
+        seed: int = 0,
+        cost: str = "params",
+        gap: float | None = None,
+        groups: int | None = None,
+        costs: Mapping[Any, float] | Sequence[float] | None = None,
+    ) -> None:
+        if gap is not None and groups is not None:
+            raise ValueError(
+                f"sampler.gap={gap!r} with sampler.groups={groups!r}; allowed: one of them (a cost gap that starts "
+                "a new group, or a number of equal-width groups), or neither (8 groups)"
+            )
+        groups = DEFAULT_GROUPS if gap is None and groups is None else groups
+        self.gap = None if gap is None else number("sampler.gap", gap, low=0)
+        self.n_groups = None if groups is None else number("sampler.groups", groups, int, low=1)
+        self.cost = _cost_kind(cost)
+        super().__init__(space, k, seed)
+        if costs is not None:
+            self.set_costs(costs)
+
+    def _tables(self) -> None:
+        costs = self._costs()
+        self.grouped: list[list[int]] | None = None
+        if costs is None:
+            return
+        order = np.argsort(costs, kind="stable")
+        groups: list[list[int]] = []
+        if self.gap is not None:
+            first = None
+            for i in order:
+                if first is None or costs[i] - first > self.gap:
+                    groups.append([])
+                    first = costs[i]
+                groups[-1].append(int(i))
+        else:
+            width = (costs.max() - costs.min()) / self.n_groups
+            bins = (
+                np.minimum(((costs - costs.min()) / width).astype(int), self.n_groups - 1)
+                if width
+                else 0 * order
+            )
+            groups = [[int(i) for i in order if bins[i] == b] for b in range(self.n_groups)]
+        self.grouped = [g for g in groups if g]
+
+    def _draw(self, rng: np.random.Generator) -> list[Subnet]:
+        if self.grouped is None:
+            raise self._unmeasured()
+        groups = self.grouped
+        chosen = rng.choice(len(groups), size=min(self.k, len(groups)), replace=False)
+        picks = [groups[int(g)][int(rng.integers(len(groups[int(g)])))] for g in chosen]
+        if self.k > len(picks):  # fewer groups than draws: the rest from the whole space
+            rest = [i for i in range(len(self.ordered)) if i not in picks]
+            picks += [int(i) for i in rng.choice(rest, size=self.k - len(picks), replace=False)]
+        return self._largest_first([self.ordered[i] for i in picks])
+
+    def group_members(self) -> list[list[Subnet]]:
+        """The groups, cheapest first, each a list of members."""
+        if self.grouped is None:
+            raise self._unmeasured()
+        return [[self.ordered[i] for i in g] for g in self.grouped]
+
+    def state_dict(self) -> dict[str, Any]:
+        how = {"gap": self.gap} if self.gap is not None else {"groups": self.n_groups}
+        grouped = [[str(m) for m in g] for g in self.group_members()] if self.grouped is not None else None
+        return {**super().state_dict(), "cost": self.cost, **how, "grouped": grouped}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        super().load_state_dict(state)
+        if state.get("grouped"):  # the groups as measured when the run started (latency is not repeatable)
+            index = {str(m): i for i, m in enumerate(self.ordered)}
+            self.grouped = [[index[name] for name in g] for g in state["grouped"]]
 
 
 SAMPLERS: dict[str, type[Sampler]] = {
-    cls.name: cls for cls in (AllSampler, UniformSampler, SandwichSampler, SortedSampler, BudgetSampler)
+    cls.name: cls
+    for cls in (AllSampler, UniformSampler, SandwichSampler, SortedSampler, BudgetSampler, GroupSampler)
 }
 
 

@@ -20,6 +20,12 @@ class Task:
         return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against class ids, or against class probabilities when `labels` are float (the soft
+        targets of mixup, cutmix and label smoothing, one row per example)."""
+        if labels.is_floating_point():
+            with torch.autocast(logits.device.type, enabled=False):
+                x = logits.reshape(-1, logits.shape[-1]).float()
+                return F.cross_entropy(x, labels.reshape(-1, labels.shape[-1]).float())
         x, y = self.outputs(logits, labels)
         with torch.autocast(logits.device.type, enabled=False):
             return F.cross_entropy(x.float(), y, ignore_index=IGNORE)
@@ -30,14 +36,26 @@ class Task:
         return self.loss(model(**inputs).logits, batch["labels"])
 
     def distill(
-        self, logits: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, temperature: float
+        self,
+        logits: torch.Tensor,
+        teacher: torch.Tensor,
+        labels: torch.Tensor,
+        temperature: float,
+        hard: bool = False,
     ) -> torch.Tensor:
-        """KL(teacher || student) at temperature T, scaled by T^2, over the positions that have a label; in
-        float32 whatever the logits' dtype (bf16 / fp16 under mixed precision) and with autocast off."""
-        x, y = self.outputs(logits, labels)
-        t, _ = self.outputs(teacher, labels)
-        keep = y != IGNORE
+        """KL(teacher || student) at temperature T, scaled by T^2, over the positions that have a label (every
+        row under soft labels); `hard`: cross-entropy against the teacher's argmax (DeiT's hard distillation, no
+        temperature). In float32 whatever the logits' dtype (bf16 / fp16 under mixed precision), autocast off."""
+        if labels.is_floating_point():
+            x, t = logits.reshape(-1, logits.shape[-1]), teacher.reshape(-1, teacher.shape[-1])
+            keep = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        else:
+            x, y = self.outputs(logits, labels)
+            t, _ = self.outputs(teacher, labels)
+            keep = y != IGNORE
         with torch.autocast(logits.device.type, enabled=False):
+            if hard:
+                return F.cross_entropy(x[keep].float(), t[keep].argmax(-1))
             student = F.log_softmax(x[keep].float() / temperature, dim=-1)
             target = F.log_softmax(t[keep].float() / temperature, dim=-1)
             kl = F.kl_div(student, target, log_target=True, reduction="batchmean")

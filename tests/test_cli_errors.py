@@ -69,7 +69,7 @@ def test_bad_values_are_refused_in_one_line(override, message, tmp_path, capsys)
     [
         (
             "sampler=nope",
-            "Could not find 'sampler/nope' Available options in 'sampler': all, budget, sandwich, sorted, uniform",
+            "Could not find 'sampler/nope' Available options in 'sampler': all, budget, ros, sandwich, sorted, uniform",
         ),
         ("trainer.nope=1", "Could not override 'trainer.nope'. To append to your config use +trainer.nope=1"),
         ("nesting.depth=[2,4", "no viable alternative at input '[2,4'"),

@@ -85,8 +85,8 @@ def test_cli_refuses_in_one_line_and_writes_nothing(tmp_path):
 def test_check_validates_a_config_without_building_or_writing_anything(tmp_path):
     ok = cli("--check", "experiment=snnet_digits", "sampler.k=4", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-2000:]
-    assert "members     18 (smallest small:5>large:6, largest large)" in ok.stdout
-    assert "sandwich, k=4 per step" in ok.stdout and "stitch.pretrain_steps=400" in ok.stdout
+    assert "members     35 (smallest small, largest large)" in ok.stdout
+    assert "uniform, k=4 per step" in ok.stdout and "stitch.pretrain_steps=400" in ok.stdout
     assert ok.stdout.rstrip().endswith("config OK: nothing was built or written")
     bad = cli("--check", "optim.lr=fast", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stdout == ""

@@ -114,3 +114,105 @@ def test_the_teacher_phase_trains_saves_and_is_reused_on_resume(tmp_path, capsys
     out = capsys.readouterr().out
     assert "trained alone" not in out  # the resume distils from the saved teacher
     assert sn.read_metadata(tmp_path / "run")["global_step"] == 4
+
+
+def test_hard_distillation_is_cross_entropy_against_the_teachers_argmax():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 5), torch.randn(6, 5)
+    ids = torch.tensor([0, 1, 2, 3, 4, -100])
+    task = Classification()
+    hard = task.distill(student, teacher, ids, 4.0, hard=True)
+    expected = torch.nn.functional.cross_entropy(student[:5], teacher[:5].argmax(-1))
+    assert hard.item() == pytest.approx(expected.item())  # no temperature; unlabelled rows left out
+    soft_labels = torch.full((6, 5), 0.2)  # mixup / smoothing: every row counts
+    expected = torch.nn.functional.cross_entropy(student, teacher.argmax(-1))
+    assert task.distill(student, teacher, soft_labels, 1.0, hard=True).item() == pytest.approx(
+        expected.item()
+    )
+    # DeiT's objective: (1 - alpha) task loss + alpha hard term
+    options = Distill(enabled=True, alpha=0.5, hard=True, teacher="some/teacher")
+
+    class Out:
+        def __init__(self, logits):
+            self.logits = logits
+
+    distiller = Distiller(options, task, lambda **_: Out(teacher))
+    distiller.begin({"pixel_values": torch.zeros(6, 1)})
+    loss = task.loss(student, soft_labels)
+    got = distiller.objective("any", Out(student), loss, soft_labels)
+    assert got.item() == pytest.approx(0.5 * loss.item() + 0.5 * expected.item())
+
+
+def test_soft_labels_are_class_probabilities_of_the_cross_entropy():
+    torch.manual_seed(1)
+    logits, ids = torch.randn(4, 3), torch.tensor([0, 2, 1, 1])
+    one_hot = torch.nn.functional.one_hot(ids, 3).float()
+    task = Classification()
+    assert task.loss(logits, one_hot).item() == pytest.approx(task.loss(logits, ids).item(), rel=1e-6)
+    smooth = one_hot * 0.9 + 0.1 / 3
+    manual = -(smooth * logits.log_softmax(-1)).sum(-1).mean()
+    assert task.loss(logits, smooth).item() == pytest.approx(manual.item(), rel=1e-6)
+
+
+def test_a_teacher_of_another_class_is_loaded_frozen_with_the_datas_labels(tmp_path):
+    import transformers as T
+
+    from sortednet.train.teacher import frozen_teacher
+
+    config = T.RegNetConfig(
+        num_channels=1, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], groups_width=8, num_labels=10
+    )
+    T.RegNetForImageClassification(config).save_pretrained(tmp_path / "regnet")
+
+    class Data:
+        def model_kwargs(self):
+            return {
+                "num_labels": 10,
+                "id2label": {i: str(i) for i in range(10)},
+                "image_size": 8,
+                "num_channels": 1,
+            }
+
+    options = Distill(
+        enabled=True,
+        hard=True,
+        teacher=str(tmp_path / "regnet"),
+        teacher_class="RegNetForImageClassification",
+    )
+    teacher = frozen_teacher(options, options.teacher_class, Data())
+    assert isinstance(teacher, T.RegNetForImageClassification) and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters()) and teacher.config.id2label[3] == "3"
+    assert teacher(pixel_values=torch.randn(2, 1, 8, 8)).logits.shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (
+            {"teacher_class": "NoSuchModel", "teacher": "x/y"},
+            r"teacher_class='NoSuchModel' is not a transformers",
+        ),
+        (
+            {"teacher_class": "RegNetForImageClassification"},
+            r"teacher_class=RegNetForImageClassification with train.distill.teacher=None; allowed: a teacher folder",
+        ),
+        (
+            {"teacher_class": "RegNetForImageClassification", "teacher": "x/y", "hidden": 1.0},
+            r"a teacher of another class has no matching layers",
+        ),
+        ({"hard": "yes"}, r"train.distill.hard='yes' is not allowed; allowed: true or false"),
+    ],
+)
+def test_bad_hard_or_foreign_teacher_options_are_refused_in_one_line(options, message):
+    with pytest.raises(ValueError, match=message):
+        Distill(enabled=True, **options)
+
+
+def test_a_stitched_run_refuses_the_teacher_phase_and_the_hidden_term():
+    from sortednet.train.options import check_distill_stitched
+
+    check_distill_stitched(Distill(enabled=True, teacher="x/y", hard=True))
+    with pytest.raises(ValueError, match=r"^train.distill.teacher=finetune fine-tunes the run's model"):
+        check_distill_stitched(Distill(enabled=True, teacher="finetune", teacher_steps=2))
+    with pytest.raises(ValueError, match=r"^train.distill.hidden=1.0 matches a nested model's kept layers"):
+        check_distill_stitched(Distill(enabled=True, teacher="x/y", hidden=1.0))

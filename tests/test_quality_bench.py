@@ -137,7 +137,7 @@ def test_shapes_hold_the_smallest_the_middle_and_the_largest():
 
 
 @pytest.mark.parametrize(
-    ("recipe", "member"), [("digits_vit", "depth=4,heads=2,ffn=0.5"), ("snnet_digits", "small:2>large:3")]
+    ("recipe", "member"), [("digits_vit", "depth=4,heads=2,ffn=0.5"), ("snnet_digits", "small:2>medium:2")]
 )
 def test_a_twin_is_the_recipe_with_a_space_of_its_one_member(recipe, member):
     cfg = C.compose(recipe, [])

@@ -39,7 +39,8 @@ def build(run: RunConfig, run_dir: Path) -> tuple[Any, Any]:
     from ..data.loader import first_batches
     from ..report import human
     from ..train import SortedNetModule, task_for
-    from ..train.teacher import build_teacher
+    from ..train.costs import measure_costs
+    from ..train.teacher import build_teacher, frozen_teacher
 
     L.seed_everything(run.seed, workers=True, verbose=False)
     data = make(run.nodes["data"])
@@ -48,8 +49,12 @@ def build(run: RunConfig, run_dir: Path) -> tuple[Any, Any]:
     data.train_dataloader()  # its checks (a batch larger than the data) before anything trains
     task = task_for(data.task)
     teacher = None
+    distill = run.train.distill
     if run.stitching is not None:
         nested = run.stitching.build(data, task, run.seed, bool(run.ckpt_path))
+        if distill.enabled and distill.teacher is not None:
+            anchor_class = next(iter(run.stitching.anchors.values())).class_name
+            teacher = frozen_teacher(distill, distill.teacher_class or anchor_class, data)
         if nested.space.to_dict() != run.space.to_dict():
             raise ValueError(
                 f"stitch: with the data's labels and image size the anchors order as {nested.space.to_dict()}, "
@@ -64,7 +69,6 @@ def build(run: RunConfig, run_dir: Path) -> tuple[Any, Any]:
         )
         batches = first_batches(data, order.batches) if measures else []
         model = spec.build(data.model_kwargs())
-        distill = run.train.distill
         if distill.enabled and distill.teacher is not None:
             teacher = build_teacher(
                 distill,
@@ -104,10 +108,12 @@ def build(run: RunConfig, run_dir: Path) -> tuple[Any, Any]:
         f"{run.name}: {len(nested.space)} sub-models in one model of {human(costs[-1])} parameters "
         f"(the smallest {human(costs[0])})"
     )
+    sampler = run.sampler.bind(nested.space)
+    measure_costs(nested, sampler, data)  # sampler.cost=flops|latency: the costs it groups by
     module = SortedNetModule(
         nested,
         task,
-        run.sampler.bind(nested.space),
+        sampler,
         optim=run.optim,
         train=run.train,
         val_subnets=run.val_subnets,

@@ -144,16 +144,20 @@ class BaseDataModule(L.LightningDataModule):
             raise RuntimeError(f"{type(self).__name__}: call setup('fit') first")
         return self.train_set, self.val_set
 
+    def train_batch_size(self) -> int:
+        """Examples the training loader reads per batch (fewer than `batch_size` under repeated augmentation)."""
+        return self.batch_size
+
     def train_dataloader(self) -> ResumableDataLoader:
         train, _ = self._require_setup()
-        if len(train) < self.batch_size:  # type: ignore[arg-type]
+        if len(train) < self.train_batch_size():  # type: ignore[arg-type]
             raise ValueError(
                 f"batch_size={self.batch_size} is larger than the training set ({len(train)} examples) and "  # type: ignore[arg-type]
                 "the last partial batch is dropped"
             )
         return ResumableDataLoader(
             train,
-            batch_size=self.batch_size,
+            batch_size=self.train_batch_size(),
             shuffle=True,
             seed=self.seed,
             drop_last=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sortednet.data.augment import Augment, augment_seed
 from sortednet.data.common import (
     BaseDataModule,
     TensorDictDataset,
@@ -70,14 +72,23 @@ class ImageClassificationDataModule(BaseDataModule):
         train_split: str = "train",
         val_split: str | None = None,
         processor: str | None = None,
+        augment: Augment | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(batch_size, eval_batch_size, num_workers, seed)
+        self.augment = Augment.make(augment)
+        if self.augment is not None and self.batch_size % self.augment.repeats:
+            raise ValueError(
+                f"data.augment.repeats={self.augment.repeats} does not divide data.batch_size={self.batch_size}; "
+                "allowed: a divisor of the batch size"
+            )
         self.dataset, self.image_size, self.processor = dataset, image_size, processor
         self.val_fraction = check_fraction("val_fraction", val_fraction)
         self.image_column, self.label_column = image_column, label_column
         self.train_split, self.val_split = train_split, val_split
         self.label_names: list[str] = []
         self.num_channels = 0
+        self.mean: list[float] = []  # the normalisation of pixel_values (augmentation works on [0, 1] values)
+        self.std: list[float] = []
 
     def _load(self) -> Any:
         if Path(self.dataset).is_dir():
@@ -121,6 +132,7 @@ class ImageClassificationDataModule(BaseDataModule):
         self.val_set = TensorDictDataset({"pixel_values": x[val_idx], "labels": y[val_idx]})
         self.label_names = [str(int(n)) for n in digits.target_names]
         self.num_channels, self.image_size = 1, size
+        self.mean, self.std = [0.5], [0.5]
 
     def _setup_hf(self) -> None:
         dsd = self._load()
@@ -160,6 +172,23 @@ class ImageClassificationDataModule(BaseDataModule):
         self.val_set = val.select_columns(cols).with_transform(transform)
         pixels = self.train_set[0]["pixel_values"]
         self.num_channels, self.image_size = int(pixels.shape[0]), int(pixels.shape[-1])
+        if processor is not None:
+            self.mean, self.std = list(processor.image_mean), list(processor.image_std)
+        else:
+            self.mean, self.std = [0.5] * self.num_channels, [0.5] * self.num_channels
+
+    def train_batch_size(self) -> int:
+        return self.batch_size // (self.augment.repeats if self.augment else 1)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Training batches augmented on their device (Lightning calls this after the transfer); a function of
+        (seed, step, micro-batch, rank)."""
+        trainer = self.trainer
+        if self.augment is None or trainer is None or not trainer.training:
+            return batch
+        micro = getattr(trainer.lightning_module, "micro", 0)
+        seed = augment_seed(self.seed, trainer.global_step, micro, trainer.global_rank)
+        return self.augment(batch, len(self.label_names), self.mean, self.std, seed)
 
     def model_kwargs(self) -> dict[str, Any]:
         if not self.label_names:

@@ -1,4 +1,6 @@
-"""Least-squares initialisation of the stitching layers from the anchors' activations (SN-Net)."""
+"""Least-squares initialisation of the stitching layers from the anchors' activations (SN-Net): per join, the map
+from the front anchor's hidden state after `cut` blocks to the back anchor's input to block `resume`, each anchor
+run alone; a layer shared by several joins (SN-Net's window position) starts at the mean of their solutions."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 import torch
 
 from .anchors import layer_list
+from .layers import solve
 
 
 def _output(value: Any) -> torch.Tensor:
@@ -16,17 +19,25 @@ def _output(value: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def block_outputs(
+def hidden_states(
     model: Any, name: str, inputs: Mapping[str, Any], wanted: set[int]
 ) -> dict[int, torch.Tensor]:
-    """Anchor `name` run alone on `inputs`: the output of each of its blocks in `wanted` (0-based). Not by
-    `use(name)`: a space restricted to some stitches (`stitch.members`) need not hold the anchor."""
+    """Anchor `name` run alone on `inputs`: its hidden state after s blocks for each s in `wanted` (0: the
+    embeddings' output, the input of block 0). Not by `use(name)`: a space restricted to some stitches
+    (`stitch.members`) need not hold the anchor."""
     layers = layer_list(model.anchors[name])
     captured: dict[int, torch.Tensor] = {}
+
+    def first_input(module: Any, args: tuple, kwargs: dict) -> None:
+        captured[0] = args[0] if args else kwargs["hidden_states"]
+
     handles = [
-        layers[i].register_forward_hook(lambda m, a, out, i=i: captured.__setitem__(i, _output(out)))
-        for i in sorted(wanted)
+        layers[s - 1].register_forward_hook(lambda m, a, out, s=s: captured.__setitem__(s, _output(out)))
+        for s in sorted(wanted)
+        if s > 0
     ]
+    if 0 in wanted:
+        handles.append(layers[0].register_forward_pre_hook(first_input, with_kwargs=True))
     try:
         with model.alone(name) as anchor:
             anchor(**inputs)
@@ -48,13 +59,14 @@ def _tokens(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 def stitch_statistics(
     model: Any, batches: Iterable[Mapping[str, Any]], max_batches: int | None = None
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor, int]]:
-    """Per stitch, X^T X and X^T Y of the normal equations (X: the front anchor's activations after `cut`
-    blocks, with a ones column; Y: the back anchor's input to block `resume`) and the token count."""
-    stitches = [m for m in model.space.subnets() if not m.is_anchor]
+    """Per join (`front:cut>back:resume`), X^T X and X^T Y of the normal equations (X: the front anchor's hidden
+    state after `cut` blocks, with a ones column; Y: the back anchor's input to block `resume`) and the token
+    count."""
+    joins = list(dict.fromkeys(j for group in model.space.layer_joins().values() for j in group))
     wanted: dict[str, set[int]] = {n: set() for n in model.anchors}
-    for m in stitches:
-        wanted[m.front].add(m.cut - 1)  # type: ignore[operator]
-        wanted[m.back].add(m.resume - 1)  # type: ignore[arg-type, operator]
+    for j in joins:
+        wanted[j.front].add(j.cut)
+        wanted[j.back].add(j.resume)
     stats: dict[str, tuple[torch.Tensor, torch.Tensor, int]] = {}
     was_training = model.training
     model.eval()
@@ -63,16 +75,16 @@ def stitch_statistics(
             device = next(model.parameters()).device
             inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
             mask = inputs.get("attention_mask")
-            acts = {n: block_outputs(model, n, inputs, w) for n, w in wanted.items() if w}
+            states = {n: hidden_states(model, n, inputs, w) for n, w in wanted.items() if w}
             grams: dict[tuple[str, int], torch.Tensor] = {}
-            for m in stitches:
-                x = _tokens(acts[m.front][m.cut - 1], mask)  # type: ignore[operator]
-                y = _tokens(acts[m.back][m.resume - 1], mask)[:, :-1]  # type: ignore[arg-type, operator]
-                key = (m.front, m.cut)
+            for j in joins:
+                x = _tokens(states[j.front][j.cut], mask)  # type: ignore[index]
+                y = _tokens(states[j.back][j.resume], mask)[:, :-1]  # type: ignore[index]
+                key = (j.front, j.cut)
                 if key not in grams:
                     grams[key] = x.T @ x  # type: ignore[index]
-                xtx, xty, n = stats.get(str(m), (0, 0, 0))
-                stats[str(m)] = (xtx + grams[key], xty + x.T @ y, n + x.shape[0])  # type: ignore[index]
+                xtx, xty, n = stats.get(str(j), (0, 0, 0))
+                stats[str(j)] = (xtx + grams[key], xty + x.T @ y, n + x.shape[0])  # type: ignore[index]
     finally:
         model.train(was_training)
     return stats
@@ -81,10 +93,12 @@ def stitch_statistics(
 def fit_stitches(
     model: Any, batches: Iterable[Mapping[str, Any]], max_batches: int | None = None
 ) -> dict[str, int]:
-    """Set every stitching layer to its least-squares map; returns the tokens each fit saw."""
+    """Set every stitching layer to its least-squares map (the mean of its joins' maps when it has several);
+    returns the tokens each join's fit saw."""
     stats = stitch_statistics(model, batches, max_batches)
-    if not stats and any(not m.is_anchor for m in model.space.subnets()):  # a space of anchors fits nothing
+    if not stats and len(model.stitches):  # a space of anchors fits nothing
         raise ValueError("stitch calibration: no batches; give a loader of model inputs (calibration=...)")
-    for name, (xtx, xty, _) in stats.items():
-        model.stitches[name].fit(xtx, xty, model.config.ridge)
+    for key, joins in model.space.layer_joins().items():
+        solutions = [solve(*stats[str(j)][:2], model.config.ridge) for j in joins]
+        model.stitches[key].assign(torch.stack(solutions).mean(dim=0))
     return {name: n for name, (_, _, n) in stats.items()}

@@ -13,15 +13,17 @@ from torch import nn
 
 
 class StitchingLayer(nn.Module):
-    """y = x W^T + b (d_in -> d_out), plus a rank-r update `lora_b @ lora_a` when `rank > 0` (SN-Netv2): then the
-    dense weight is frozen at its least-squares value and only the update and the bias train."""
+    """y = x W^T + b (d_in -> d_out), plus a rank-r update `(alpha / r) lora_b @ lora_a` when `rank > 0` (SN-Netv2's
+    LoRA: alpha 1, so the update is scaled by 1/r): then the dense weight is frozen at its least-squares value and
+    only the update and the bias train."""
 
-    def __init__(self, d_in: int, d_out: int, rank: int = 0) -> None:
+    def __init__(self, d_in: int, d_out: int, rank: int = 0, alpha: float = 1.0) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(d_out, d_in))
         self.bias = nn.Parameter(torch.zeros(d_out))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear's default
         self.rank = int(rank)
+        self.scaling = float(alpha) / self.rank if self.rank else 0.0
         if self.rank:
             self.weight.requires_grad_(False)
             self.lora_a = nn.Parameter(torch.empty(self.rank, d_in))
@@ -32,21 +34,30 @@ class StitchingLayer(nn.Module):
         # called as a block of the back anchor's layer loop: the blocks' other arguments are not its concern
         out = F.linear(hidden_states, self.weight, self.bias)
         if self.rank:
-            out = out + F.linear(F.linear(hidden_states, self.lora_a), self.lora_b)
+            out = out + self.scaling * F.linear(F.linear(hidden_states, self.lora_a), self.lora_b)
         return out
 
     def dense_weight(self) -> torch.Tensor:
         """The one d_out x d_in matrix the layer applies (the low-rank update merged)."""
-        return self.weight + self.lora_b @ self.lora_a if self.rank else self.weight
+        return self.weight + self.scaling * (self.lora_b @ self.lora_a) if self.rank else self.weight
 
     @torch.no_grad()
     def fit(self, xtx: torch.Tensor, xty: torch.Tensor, ridge: float) -> None:
         """Least squares from the normal equations of [X 1] W' = Y (X^T X and X^T Y with a ones column last)."""
-        n = xtx.shape[0]
-        scale = ridge * float(xtx.diagonal()[:-1].mean().clamp_min(1e-12))
-        solution = torch.linalg.solve(xtx + scale * torch.eye(n, dtype=xtx.dtype, device=xtx.device), xty)
+        self.assign(solve(xtx, xty, ridge))
+
+    @torch.no_grad()
+    def assign(self, solution: torch.Tensor) -> None:
+        """Weight and bias from a (d_in + 1) x d_out solution of [X 1] W' = Y (the bias its last row)."""
         self.weight.copy_(solution[:-1].T.to(self.weight.dtype))
         self.bias.copy_(solution[-1].to(self.bias.dtype))
+
+
+def solve(xtx: torch.Tensor, xty: torch.Tensor, ridge: float) -> torch.Tensor:
+    """The solution W' of the normal equations (X^T X + ridge x mean diagonal) W' = X^T Y."""
+    n = xtx.shape[0]
+    scale = ridge * float(xtx.diagonal()[:-1].mean().clamp_min(1e-12))
+    return torch.linalg.solve(xtx + scale * torch.eye(n, dtype=xtx.dtype, device=xtx.device), xty)
 
 
 class Route:

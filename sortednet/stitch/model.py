@@ -39,11 +39,12 @@ def stitch(
     e.g. `sn.stitch({"small": deit_s, "large": deit_b}, calibration=loader)`.
 
     The anchors are ordered by parameter count; stitches join anchors adjacent in that order (`config`, or its
-    fields as keyword arguments: mode, window, stride, lora_rank, ridge; see StitchConfig). With `calibration`
-    (batches of model inputs; labels are dropped), each stitching layer is the least-squares map from the
-    front anchor's activations at its cut to the back anchor's at its resume point (SN-Net); without, nn.Linear's
-    random init. `members` (names of the full space's members): a space of only these. The anchors are used in
-    place (not copied); each stays callable as it was."""
+    fields as keyword arguments: mode, window, stride, share, lora_rank, lora_alpha, ridge; see StitchConfig).
+    With `calibration` (batches of model inputs; labels are dropped), each stitching layer is the least-squares
+    map from the front anchor's hidden state at its cut to the back anchor's at its resume point (SN-Net), the
+    mean of those maps for a layer shared by several; without, nn.Linear's random init. `members` (names of the
+    full space's members): a space of only these. The anchors are used in place (not copied); each stays
+    callable as it was."""
     config = config or StitchConfig(**options)
     if isinstance(anchors, Mapping):
         names, models = list(anchors), list(anchors.values())
@@ -90,9 +91,8 @@ class StitchedModel(ManyInOneModel):
         widths = {i.name: i.width for i in infos}
         self.stitches = nn.ModuleDict(
             {
-                str(m): StitchingLayer(widths[m.front], widths[m.back], config.lora_rank)  # type: ignore[index]
-                for m in self.space.subnets()
-                if not m.is_anchor
+                key: StitchingLayer(widths[front], widths[back], config.lora_rank, config.lora_alpha)
+                for key, (front, back) in self.space.layers().items()
             }
         )
         like = next(anchors[infos[-1].name].parameters())
@@ -106,16 +106,20 @@ class StitchedModel(ManyInOneModel):
 
     # ---- switching ----------------------------------------------------------------------------
     def activate(self, member: Stitch | str) -> Stitch:
-        """Make `member` the network that runs: sets the route and one layer list's blocks, copies nothing."""
+        """Make `member` the network that runs: sets the route and the host's layer list to the route's blocks
+        (each segment's blocks, a stitching layer between segments), copies nothing."""
         cached = self._switch_cache.get(member)
         if cached is None:
             normal = self.space.normalize(member)
             if normal.is_anchor:
                 cached = (normal, normal.front, normal.front, None)
             else:
-                front = self._lists[normal.front].every_layer()[: normal.cut]
-                back = self._lists[normal.back].every_layer()[normal.resume :]
-                cached = (normal, normal.host, normal.front, (*front, self.stitches[str(normal)], *back))
+                layers = [self.stitches[key] for key in self.space.layer_keys(normal)]
+                blocks: list[nn.Module] = []
+                for i, (name, start, stop) in enumerate(normal.segments):
+                    blocks += [layers[i - 1]] if i else []
+                    blocks += self._lists[name].every_layer()[start:stop]
+                cached = (normal, normal.host, normal.front, tuple(blocks))
             self._switch_cache[member] = cached
         self._active, host, start, blocks = cached
         self._lists[self.route.host].active = None
@@ -217,7 +221,7 @@ def stitched_from_header(meta: Mapping[str, Any], empty: bool = True) -> Stitche
         raise ValueError(
             f"stitched checkpoint: anchor model_type={model_type!r} cannot be stitched by this sortednet"
         )
-    return StitchedModel(anchors, StitchConfig(**meta["stitch"]), kind, meta["space"].get("members"))
+    return StitchedModel(anchors, StitchConfig.from_dict(meta["stitch"]), kind, meta["space"].get("members"))
 
 
 def load_stitched(path: Path, meta: Mapping[str, Any]) -> StitchedModel:

@@ -1,72 +1,19 @@
-"""Stitch and StitchSpace: which stitched networks exist, how they are spelt, and their order by cost.
-
-Spelling (`str(stitch)`, accepted by `StitchedModel.use` and every CLI that names a member):
-  `small`               an anchor on its own (its name)
-  `small:4>large:8`     anchor `small`'s blocks 0-3, a stitching layer, then anchor `large`'s blocks 8 to the end
-                        (its head included); a leading `stitch=` is accepted.
-"""
+"""StitchSpace: which stitched networks exist (sortednet.stitch.sets, by mode) and their order by cost; the
+spelling of a member is sortednet.stitch.member's."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from . import sets
 from .anchors import AnchorParts
 from .config import StitchConfig
+from .member import AnchorInfo, Stitch
 
-
-@dataclass(frozen=True)
-class Stitch:
-    """One member: `front` alone (cut is None), or front's first `cut` blocks -> back's blocks from `resume`."""
-
-    front: str
-    cut: int | None = None
-    back: str | None = None
-    resume: int | None = None
-
-    @property
-    def is_anchor(self) -> bool:
-        return self.cut is None
-
-    @property
-    def host(self) -> str:
-        """The anchor whose head (and forward) runs."""
-        return self.front if self.back is None else self.back
-
-    @classmethod
-    def parse(cls, text: str | Stitch) -> Stitch:
-        if isinstance(text, Stitch):
-            return text
-        raw = str(text).strip()
-        spec = raw.removeprefix("stitch=").strip()
-        if ">" not in spec:
-            if not spec or ":" in spec or "=" in spec:
-                raise ValueError(
-                    f"stitch {raw!r} is not an anchor name or FRONT:CUT>BACK:RESUME; example: small:4>large:8"
-                )
-            return cls(spec)
-        try:
-            left, right = spec.split(">")
-            front, cut = left.split(":")
-            back, resume = right.split(":")
-            return cls(front.strip(), int(cut), back.strip(), int(resume))
-        except ValueError:
-            raise ValueError(
-                f"stitch {raw!r} is not an anchor name or FRONT:CUT>BACK:RESUME; example: small:4>large:8"
-            ) from None
-
-    def __str__(self) -> str:
-        return self.front if self.is_anchor else f"{self.front}:{self.cut}>{self.back}:{self.resume}"
-
-
-@dataclass(frozen=True)
-class AnchorInfo:
-    name: str
-    depth: int
-    width: int
+__all__ = ["AnchorInfo", "Stitch", "StitchSpace"]
 
 
 class StitchSpace:
@@ -85,27 +32,39 @@ class StitchSpace:
         self.config = config or StitchConfig()
         self._by_name = {a.name: a for a in self.anchors}
         self._parts: dict[str, AnchorParts] | None = None
-        if members is None:  # given: a checkpoint's own list, or an exported network's one member
-            members = [Stitch(a.name) for a in self.anchors]
-            for front, back in self.pairs():
-                members += self._stitches(front, back)
-        self._members = [Stitch.parse(m) for m in members]
+        # given: a checkpoint's own list, an exported network's one member, or `stitch.members`
+        self._members = [
+            Stitch.parse(m) for m in (sets.members(self.anchors, self.config) if members is None else members)
+        ]
         self._set_order()
 
-    def pairs(self) -> list[tuple[AnchorInfo, AnchorInfo]]:
-        adjacent = list(zip(self.anchors[:-1], self.anchors[1:], strict=True))
-        if self.config.mode == "two_way":
-            return adjacent + [(b, a) for a, b in adjacent]
-        return adjacent
+    # ---- stitching layers ------------------------------------------------------------------------
+    def layer_keys(self, member: Stitch) -> tuple[str, ...]:
+        """The stitching layers `member` runs, in order (names under `stitches.`)."""
+        return tuple(sets.layer_key(join, self.config) for join in member.joins)
 
-    def _stitches(self, front: AnchorInfo, back: AnchorInfo) -> list[Stitch]:
-        out = []
-        window = self.config.window
-        for cut in range(1, front.depth + 1, self.config.stride):
-            match = round(cut * back.depth / front.depth)
-            for resume in range(match - window + 1, match + window):
-                if 1 <= resume <= back.depth:
-                    out.append(Stitch(front.name, cut, back.name, resume))
+    def layers(self) -> dict[str, tuple[str, str]]:
+        """Every stitching layer some member runs: name -> (front anchor, back anchor)."""
+        out = {}
+        for member in self._members:
+            for join, key in zip(member.joins, self.layer_keys(member), strict=True):
+                out.setdefault(key, (join.front, join.back))
+        return out
+
+    def layer_joins(self) -> dict[str, list[Stitch]]:
+        """Per stitching layer, the joins whose least-squares solutions initialise it (their mean): a layer shared
+        per position takes every join of that position in the mode's full set, even when `members` holds fewer,
+        so that a member trained alone starts where it starts in the full model."""
+        used = self.layers()
+        source = self._members
+        if self.config.share == "position":
+            source = sets.members(self.anchors, self.config)
+        out: dict[str, list[Stitch]] = {}
+        for member in source:
+            for join in member.joins:
+                key = sets.layer_key(join, self.config)
+                if key in used and join not in out.setdefault(key, []):
+                    out[key].append(join)
         return out
 
     # ---- cost ---------------------------------------------------------------------------------
@@ -124,24 +83,24 @@ class StitchSpace:
         return d_out * d_in + d_out + (rank * (d_in + d_out) if rank else 0)
 
     def _cost(self, member: Stitch) -> float:
+        """Exact: the first segment's embeddings, each segment's blocks, each stitching layer once, the last
+        anchor's head. Unbound: a proxy, 12 d^2 per block and d_in x d_out per stitching layer."""
         parts = self._parts
-        if parts is None:  # proxy: 12 d^2 per block, the stitching layer d_in x d_out
+        if parts is None:
             w = {a.name: a.width for a in self.anchors}
-            if member.is_anchor:
-                return 12.0 * w[member.front] ** 2 * self._by_name[member.front].depth
-            back_blocks = self._by_name[member.back].depth - member.resume  # type: ignore[index]
-            return 12.0 * (w[member.front] ** 2 * member.cut + w[member.back] ** 2 * back_blocks) + (  # type: ignore[operator]
-                w[member.front] * w[member.back]  # type: ignore[index]
+            blocks = sum(
+                12.0 * w[name] ** 2 * ((self._by_name[name].depth if stop is None else stop) - start)
+                for name, start, stop in member.segments
             )
+            return blocks + sum(w[j.front] * w[j.back] for j in member.joins)  # type: ignore[index]
         if member.is_anchor:
             return float(parts[member.front].total)
-        front, back = parts[member.front], parts[member.back]  # type: ignore[index]
+        layers = dict(zip(self.layer_keys(member), member.joins, strict=True))
         return float(
-            front.embeddings
-            + sum(front.blocks[: member.cut])
-            + self.stitch_layer_params(member.front, member.back)  # type: ignore[arg-type]
-            + sum(back.blocks[member.resume :])
-            + back.head
+            parts[member.front].embeddings
+            + sum(sum(parts[name].blocks[start:stop]) for name, start, stop in member.segments)
+            + sum(self.stitch_layer_params(j.front, j.back) for j in layers.values())  # type: ignore[arg-type]
+            + parts[member.host].head
         )
 
     def _set_order(self) -> None:
@@ -215,7 +174,7 @@ class StitchSpace:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StitchSpace:
         options = {k: v for k, v in data.items() if k not in ("stitch", "members")}
-        return cls(data["stitch"], StitchConfig(**options), data.get("members"))
+        return cls(data["stitch"], StitchConfig.from_dict(options), data.get("members"))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, StitchSpace) and self.to_dict() == other.to_dict()

@@ -24,7 +24,7 @@ from .compiled import check_compile
 from .eval_callback import check_eval_callback
 from .maestro import MaestroCallback
 from .models import ModelSpec
-from .options import Optim, Train, check_distill, check_trainer
+from .options import Optim, Train, check_distill, check_distill_stitched, check_trainer
 from .reorder import Reorder
 from .stitching import Stitching
 
@@ -91,11 +91,13 @@ class RunConfig:
             else f"{n} of {len(space)} members (cost-stratified) + val.subnets"
         )
         what = self.model.pretrained or f"a new {self.model.class_name}"
+        cost = getattr(self.sampler, "cost", "params")
+        by = f", by {cost} (measured when the model is built)" if cost != "params" else ""
         return [
             ("run", f"{self.name} (seed {self.seed})"),
             ("model", "anchors " + ", ".join(self.stitching.anchors) if self.stitching else what),
             ("members", f"{len(space)} (smallest {smallest}, largest {largest})"),
-            ("sampler", f"{self.sampler.name}, k={self.sampler.k} per step"),
+            ("sampler", f"{self.sampler.name}, k={self.sampler.k} per step{by}"),
             ("steps", f"trainer.max_steps={trainer.get('max_steps')}, accumulate={self.train.accumulate}"),
             ("optim", f"AdamW lr={self.optim.lr} {self.optim.schedule}, update={self.optim.update}"),
             ("data", str(self.nodes["data"].get("_target_", "")).rsplit(".", 1)[-1]),
@@ -162,11 +164,14 @@ def check(cfg: DictConfig) -> RunConfig:
             "a new sub-model); allowed with train.compile: sampler.per_layer=false"
         )
     check_distill(train.distill, sampler)
+    if stitching is not None:
+        check_distill_stitched(train.distill)
     maestro = MaestroCallback(**rank, seed=seed) if "rank" in space.dims else None
     callbacks = callback_entries(cfg)
     check_eval_callback(callbacks.get("eval"), space)
     trainer = {k: v for k, v in container(cfg.trainer).items() if not k.startswith("_")}
     check_trainer(trainer)
+    check_latency_cost(sampler, trainer)
     optim = Optim(**container(cfg.optim))
     strategy = str(trainer.get("strategy", "auto"))
     if optim.update == "touched" and "fsdp" in strategy:
@@ -200,6 +205,23 @@ def check(cfg: DictConfig) -> RunConfig:
         ckpt_path=ckpt_path,
         resolved=resolved(cfg),
     )
+
+
+def check_latency_cost(sampler: Sampler, trainer: Mapping[str, Any]) -> None:
+    """Latency is timed, not counted: on several ranks each would group the members differently."""
+    if getattr(sampler, "cost", "params") != "latency":
+        return
+    devices, nodes = trainer.get("devices", "auto"), trainer.get("num_nodes", 1)
+    one = (
+        devices == 1
+        or (isinstance(devices, list) and len(devices) == 1)
+        or (devices == "auto" and trainer.get("accelerator") == "cpu")
+    )
+    if not one or nodes != 1:
+        raise ValueError(
+            f"sampler.cost=latency with trainer.devices={devices} trainer.num_nodes={nodes}: each rank would time "
+            "the members differently; allowed: sampler.cost=flops or params, or one device"
+        )
 
 
 def resolved(cfg: DictConfig) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The distillation term of a training step (`train.distill.*`).
 
 In place (no `teacher`): the step's largest subnet teaches the others its logits (US-Nets, SortedNet). With a
-teacher (a fine-tuned full model, frozen: `train.distill.teacher`, built by sortednet.train.teacher), every
-subnet, the largest included, learns the teacher's logits and, with `hidden > 0`, its hidden states at
+teacher (a fine-tuned full model, or a model of another class such as DeiT's RegNetY-16GF, frozen:
+`train.distill.teacher`, built by sortednet.train.teacher), every subnet, the largest included, learns the
+teacher's logits (`hard`: its argmax, DeiT's hard distillation) and, with `hidden > 0`, its hidden states at
 matching depths (DynaBERT, TinyBERT): the embeddings and the output of each layer the sub-model keeps against
 the teacher's output of that same layer, as a relative squared error (so that a model whose residual stream
 grows with depth weighs its layers alike). A narrower hidden size (`hidden` nested) is compared with the
@@ -76,7 +77,7 @@ class Distiller:
             self._target = output.logits.detach()
             return loss
         target = self._target if self.teacher is None else self._target.logits
-        kd = self.task.distill(output.logits, target, labels, o.temperature)
+        kd = self.task.distill(output.logits, target, labels, o.temperature, hard=o.hard)
         objective = (1 - o.alpha) * loss + o.alpha * kd
         if self.hidden:
             kept = self.kept(subnet)  # type: ignore[misc]

@@ -58,9 +58,11 @@ TEACHER_PHASE = "finetune"  # train.distill.teacher: fine-tune the full model al
 @dataclass(frozen=True)
 class Distill:
     """Distillation (`train.distill.*`): from the largest subnet of each step (in place, `teacher: null`), or from
-    a frozen teacher: a fine-tuned model of the same class (a folder or a Hub id), or `finetune`: the full model
-    fine-tuned alone for `teacher_steps` first (the nested model then starts from it). `hidden`: weight of the
-    hidden-state term at matching depths (with a teacher; sortednet.train.distill)."""
+    a frozen teacher: a fine-tuned model of the same class (a folder or a Hub id), a model of the transformers class
+    `teacher_class` (DeiT's RegNetY-16GF: `RegNetForImageClassification`), or `finetune`: the full model
+    fine-tuned alone for `teacher_steps` first (the nested model then starts from it). `hard`: the teacher's argmax
+    as the target (DeiT's hard distillation) instead of its softened distribution. `hidden`: weight of the
+    hidden-state term at matching depths (a teacher of the run's class; sortednet.train.distill)."""
 
     enabled: bool = False
     temperature: float = 1.0
@@ -69,11 +71,16 @@ class Distill:
     teacher_steps: int = 0
     teacher_lr: float | None = None  # the teacher phase's learning rate; null: optim.lr
     hidden: float = 0.0
+    hard: bool = False
+    teacher_class: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        if not isinstance(self.enabled, bool):
-            raise ValueError(f"train.distill.enabled={self.enabled!r} is not allowed; allowed: true or false")
+        for key in ("enabled", "hard"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(
+                    f"train.distill.{key}={getattr(self, key)!r} is not allowed; allowed: true or false"
+                )
         set_(self, "temperature", number("train.distill.temperature", self.temperature, low=0, low_open=True))
         set_(self, "alpha", number("train.distill.alpha", self.alpha, low=0, high=1))
         set_(self, "teacher_steps", number("train.distill.teacher_steps", self.teacher_steps, int, low=0))
@@ -107,6 +114,41 @@ class Distill:
                 f"train.distill.hidden={self.hidden} needs a teacher model (train.distill.teacher); in-place "
                 "distillation matches logits only"
             )
+        if self.teacher_class is not None:
+            self._check_teacher_class()
+
+    def _check_teacher_class(self) -> None:
+        import transformers
+
+        name = self.teacher_class
+        if not hasattr(getattr(transformers, str(name), None), "from_pretrained"):
+            raise ValueError(f"train.distill.teacher_class={name!r} is not a transformers model class")
+        if self.teacher in (None, TEACHER_PHASE):
+            raise ValueError(
+                f"train.distill.teacher_class={name} with train.distill.teacher={self.teacher}; allowed: a teacher "
+                "folder or Hub id to load that class from"
+            )
+        if self.hidden:
+            raise ValueError(
+                f"train.distill.hidden={self.hidden} with train.distill.teacher_class={name}: a teacher of another "
+                "class has no matching layers; allowed: hidden=0"
+            )
+
+
+def check_distill_stitched(distill: Distill) -> None:
+    """A stitched run distils from a frozen teacher read from a folder or the Hub (its anchors are its models)."""
+    if not distill.enabled or distill.teacher is None:
+        return
+    if distill.teacher == TEACHER_PHASE:
+        raise ValueError(
+            f"train.distill.teacher={TEACHER_PHASE} fine-tunes the run's model; a stitched run has anchors: allowed: "
+            "a teacher folder or Hub id (with train.distill.teacher_class for another class), or null"
+        )
+    if distill.hidden:
+        raise ValueError(
+            f"train.distill.hidden={distill.hidden} matches a nested model's kept layers; a stitch has none: "
+            "allowed with stitch: hidden=0"
+        )
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,12 @@
 
     stitch:
       anchors: {small: {class_name: ..., config: {...}}, large: {class_name: ..., pretrained: ...}}
-      mode: fast_to_slow        # | two_way          (sortednet.stitch.StitchConfig)
+      mode: snnet               # | snnetv2 | fast_to_slow | two_way   (sortednet.stitch.StitchConfig)
       window: 2
       stride: 1
+      share: null               # position | stitch; null: the mode's own (snnet: position)
       lora_rank: 0
+      lora_alpha: 1.0           # the LoRA update scaled by lora_alpha / lora_rank
       calibration_batches: 4    # least-squares init of the stitching layers on the first training batches
       pretrain_steps: 0         # > 0: train each anchor alone first (for anchors built from a config)
       pretrain_lr: 2.0e-3

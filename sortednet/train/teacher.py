@@ -3,10 +3,12 @@
 - a folder or Hub id: a fine-tuned model of the run's class, loaded as the run's model is;
 - `finetune`: the run's model itself fine-tuned alone for `train.distill.teacher_steps` (DynaBERT, Minitron
   distil from the fine-tuned full model): the teacher is that model, frozen, and the nested model starts from
-  its weights. It is written to `<run>/teacher.safetensors`, so that a resumed run distils from the same one.
+  its weights. It is written to `<run>/teacher.safetensors`, so that a resumed run distils from the same one;
+- with `train.distill.teacher_class`, or for a stitched run: a plain model of that class (the anchors' class)
+  loaded from the folder or Hub id, with the data's labels (DeiT's RegNetY-16GF teacher).
 
-The teacher reads its inputs as the nested model does (mean pooling included): it is nested with a space of
-one member, the largest.
+A teacher of the run's class reads its inputs as the nested model does (mean pooling included): it is nested
+with a space of one member, the largest.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def build_teacher(
     """The frozen teacher (eval mode, no gradients). With the teacher phase `model` is fine-tuned in place first
     (unless resuming: the checkpoint holds the student's weights and the run folder the teacher)."""
     saved = run_dir / FILE
+    if options.teacher_class is not None:
+        return frozen_teacher(options, options.teacher_class, data)
     if options.teacher == TEACHER_PHASE:
         if resuming and saved.is_file():
             teacher = load(saved)
@@ -61,5 +65,16 @@ def build_teacher(
         loaded = ModelSpec(spec.class_name, pretrained=options.teacher).build(data.model_kwargs())
         teacher = nest(loaded, largest_only(space), pooling=spec.pooling, bn=spec.bn)
     teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def frozen_teacher(options: Distill, class_name: str, data: Any) -> nn.Module:
+    """A plain (not nested) model of `class_name` loaded from `options.teacher`, frozen, in eval mode. A teacher of
+    another class gets only the data's labels; one of the run's class everything the run's model gets."""
+    kwargs = data.model_kwargs()
+    if options.teacher_class is not None:
+        kwargs = {k: v for k, v in kwargs.items() if k in ("num_labels", "id2label", "label2id")}
+    teacher = ModelSpec(class_name, pretrained=options.teacher).build(kwargs).eval()
     teacher.requires_grad_(False)
     return teacher
