@@ -31,7 +31,6 @@ import argparse
 import os
 import shlex
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,33 +38,13 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from omegaconf import DictConfig  # noqa: E402
 
 from . import quality_cases as C  # noqa: E402
 from . import quality_stats as S  # noqa: E402
 from .quality_report import markdown, write  # noqa: E402
-from .quality_runs import Runner, Trained, code_state  # noqa: E402
+from .quality_runs import Plan, Runner, Trained, code_state  # noqa: E402
 
 OUT = Path(__file__).parent / "out" / "quality"
-
-
-@dataclass
-class Plan:
-    case: C.Case
-    overrides: list[str]  # the mode's (quick or full) and --set
-    nested: DictConfig  # the recipe with `overrides` and --nested-set
-    shapes: list[str]
-    params: dict[str, int]
-    space_size: int
-    seeds: list[int]
-    steps: int  # each twin's optimizer steps, and the nested run's at equal steps
-    nested_steps: int  # column (a): `steps` unless --nested-steps
-    compute_steps: int | None  # column (b); None: --no-equal-compute
-    k: int  # subnets (forward/backward passes) per nested batch
-    accumulate: int
-    every: int  # batches between the nested runs' validations
-    seeds_note: str
-    sizing: Trained  # the one-step run that gave every sub-model's parameter count
 
 
 def seeds_for(case: C.Case, args: argparse.Namespace) -> tuple[list[int], str]:

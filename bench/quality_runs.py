@@ -179,3 +179,22 @@ class Runner:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(result)))
         return result
+
+
+@dataclass
+class Plan:
+    case: Any  # bench.quality_cases.Case
+    overrides: list[str]  # the mode's (quick or full) and --set
+    nested: DictConfig  # the recipe with `overrides` and --nested-set
+    shapes: list[str]
+    params: dict[str, int]
+    space_size: int
+    seeds: list[int]
+    steps: int  # each twin's optimizer steps, and the nested run's at equal steps
+    nested_steps: int  # column (a): `steps` unless --nested-steps
+    compute_steps: int | None  # column (b); None: --no-equal-compute
+    k: int  # subnets (forward/backward passes) per nested batch
+    accumulate: int
+    every: int  # batches between the nested runs' validations
+    seeds_note: str
+    sizing: Trained  # the one-step run that gave every sub-model's parameter count

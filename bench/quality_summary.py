@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import quality_stats as S
-from .quality_runs import Trained
-
-if TYPE_CHECKING:
-    from .quality import Plan
+from .quality_runs import Plan, Trained
 
 
 def values(runs: list[Trained], metric: str, shape: str | None = None) -> list[float]:

@@ -27,6 +27,18 @@ NOISE = re.compile(
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
+class _Stdout(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a line is logged (a test's capture, a benchmark's redirect)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
 class _Quiet(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not NOISE.search(record.getMessage())
@@ -35,7 +47,7 @@ class _Quiet(logging.Filter):
 def _setup() -> None:
     if LOG.handlers:
         return
-    console = logging.StreamHandler(sys.stdout)
+    console = _Stdout()
     console.setFormatter(logging.Formatter("%(message)s"))
     LOG.addHandler(console)
     LOG.setLevel(logging.INFO)
