@@ -4,26 +4,13 @@ generate exactly like the plain model of their kept layers; the order is recorde
 import pytest
 import torch
 import transformers as T
+from tiny import llama4
 
 import sortednet as sn
 from sortednet import depth_order
 from sortednet.cli import info
 
 SUB = "depth=2,ffn=0.5"
-
-
-def llama(layer_types=None, **extra):
-    config = T.LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        **extra,
-    )
-    torch.manual_seed(0)
-    return T.LlamaForCausalLM(config).eval()
 
 
 def ids(n=7):
@@ -62,7 +49,7 @@ def test_bad_orders_are_refused_in_one_line(space, message):
 
 
 def test_a_sub_model_that_skips_layers_is_its_kept_layers_everywhere(tmp_path):
-    nested = sn.nest(llama(), sn.NestingSpace(depth=[2, 4], ffn=[0.5, 1.0], depth_order=[3, 1, 0, 2]))
+    nested = sn.nest(llama4(), sn.NestingSpace(depth=[2, 4], ffn=[0.5, 1.0], depth_order=[3, 1, 0, 2]))
     assert nested.kept(SUB) == (1, 3)
     x = ids()
     with torch.no_grad():
@@ -88,7 +75,7 @@ def test_a_sub_model_that_skips_layers_is_its_kept_layers_everywhere(tmp_path):
 
 
 def test_generation_with_the_kv_cache_matches_the_exported_model():
-    nested = sn.nest(llama(), sn.NestingSpace(depth=[2, 4], ffn=[0.5, 1.0], depth_order="every_other"))
+    nested = sn.nest(llama4(), sn.NestingSpace(depth=[2, 4], ffn=[0.5, 1.0], depth_order="every_other"))
     prompt = ids(5)[:1]
     with torch.no_grad(), nested.use(SUB):
         tokens = nested.generate(prompt, max_new_tokens=6, do_sample=False)
@@ -122,11 +109,11 @@ def test_mixed_sliding_and_full_layers_keep_their_own_masks_and_caches():
 
 
 def test_influence_ranks_by_block_influence_on_the_calibration_batches():
-    model = llama()
+    model = llama4()
     batches = [{"input_ids": ids()}]
     influence = sn.block_influence(model, batches)
     with pytest.raises(ValueError, match="depth_order=influence ranks the layers by their block influence"):
-        sn.nest(llama(), sn.NestingSpace(depth=[2, 4], depth_order="influence"))
+        sn.nest(llama4(), sn.NestingSpace(depth=[2, 4], depth_order="influence"))
     nested = sn.nest(model, sn.NestingSpace(depth=[2, 4], depth_order="influence"), batches=batches)
     assert list(nested.ranking) == sorted(range(4), key=lambda i: -influence[i])
     assert sn.NestingSpace(depth=[2, 4], depth_order="influence").to_dict()["depth_order"] == "influence"

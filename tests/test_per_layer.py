@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as T
+from tiny import llama4
 
 import sortednet as sn
 from sortednet.sampling import SandwichSampler
@@ -15,15 +16,6 @@ from sortednet.subnet import Subnet
 
 SPACE = dict(depth=[2, 3, 4], ffn=[0.25, 0.5, 1.0], heads=[0.5, 1.0], per_layer=["ffn", "heads", "layers"])
 MIXED = "ffn=[0.25,1.0,0.5],heads=[0.5,1.0,1.0],layers=0+2-3"
-
-
-def llama():
-    config = T.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return T.LlamaForCausalLM(config).eval()
 
 
 def ids(n=7):
@@ -63,14 +55,14 @@ def test_the_spelling_round_trips_in_text_and_as_a_dict():
 
 
 def test_the_space_allows_what_it_says_and_spells_members_canonically():
-    nested = sn.nest(llama(), sn.NestingSpace(**SPACE))
+    nested = sn.nest(llama4(), sn.NestingSpace(**SPACE))
     space = nested.space
     assert str(space.normalize("ffn=[0.5,0.5],depth=2")) == "depth=2,heads=1.0,ffn=0.5"
     assert str(space.normalize("layers=0+1")) == "depth=2,heads=1.0,ffn=1.0"  # what depth=2 keeps
     assert str(space.normalize("layers=1+3,ffn=[1.0,0.25]")) == "heads=1.0,ffn=[1.0,0.25],layers=1+3"
     with pytest.raises(ValueError, match=r"allowed: 2 to 4 distinct layers of 0..3"):
         space.normalize("layers=0")
-    uniform = sn.nest(llama(), sn.NestingSpace(depth=[2, 4], ffn=[0.5, 1.0]))
+    uniform = sn.nest(llama4(), sn.NestingSpace(depth=[2, 4], ffn=[0.5, 1.0]))
     with pytest.raises(ValueError, match=r"gives ffn per layer; this nesting space allows per layer: none"):
         uniform.space.normalize("depth=2,ffn=[0.5,1.0]")
     with pytest.raises(
@@ -81,7 +73,7 @@ def test_the_space_allows_what_it_says_and_spells_members_canonically():
 
 
 def test_a_mixed_member_runs_as_its_plain_kept_layers_and_counts_exactly():
-    model = llama()
+    model = llama4()
     reference = masked(model, [0, 2, 3], ffn=[16, 64, 32], heads=[2, 4, 4])
     nested = sn.nest(model, sn.NestingSpace(**SPACE))
     x = ids()
@@ -102,7 +94,7 @@ def test_a_mixed_member_runs_as_its_plain_kept_layers_and_counts_exactly():
 
 
 def test_generation_with_the_kv_cache_follows_the_kept_layers():
-    model = llama()
+    model = llama4()
     reference = masked(model, [0, 2, 3], ffn=[16, 64, 32], heads=[2, 4, 4])
     nested = sn.nest(model, sn.NestingSpace(**SPACE))
     prompt = ids(5)[:1]
@@ -112,7 +104,7 @@ def test_generation_with_the_kv_cache_follows_the_kept_layers():
 
 
 def test_skipped_layers_export_and_different_widths_load_as_the_nested_model(tmp_path):
-    nested = sn.nest(llama(), sn.NestingSpace(**SPACE))
+    nested = sn.nest(llama4(), sn.NestingSpace(**SPACE))
     x = ids()
     skip = "ffn=0.5,layers=1+3"
     with torch.no_grad():
@@ -143,7 +135,7 @@ def test_gpt2_sets_each_layers_own_split_size():
 
 
 def test_sampling_members_per_layer_is_deterministic_and_in_the_space():
-    nested = sn.nest(llama(), sn.NestingSpace(**SPACE))
+    nested = sn.nest(llama4(), sn.NestingSpace(**SPACE))
     draws = [nested.space.sample_member(np.random.default_rng(4)) for _ in range(2)]
     assert draws[0] == draws[1] and draws[0] in nested.space
     sampler = SandwichSampler(nested.space, k=4, seed=1, per_layer=True)

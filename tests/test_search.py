@@ -6,8 +6,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
-import transformers as T
+from tiny import llama4
 
 import sortednet as sn
 from sortednet.search import Evolution, SearchOptions, crossover, mutate, spearman
@@ -17,12 +16,7 @@ SPACE = dict(depth=[2, 3, 4], ffn=[0.25, 0.5, 1.0], heads=[0.5, 1.0], per_layer=
 
 
 def nested():
-    config = T.LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return sn.nest(T.LlamaForCausalLM(config).eval(), sn.NestingSpace(**SPACE))
+    return sn.nest(llama4(), sn.NestingSpace(**SPACE))
 
 
 def test_mutations_and_crossovers_are_members():

@@ -195,3 +195,13 @@ def assert_switching_copies_nothing(nested: sn.NestedModel, rounds: int = 2) -> 
         for subnet in nested.space.subnets():
             nested.activate(subnet)
     assert sum(e.cpu_memory_usage for e in prof.key_averages() if e.cpu_memory_usage > 0) == 0
+
+
+def llama4(**extra) -> T.LlamaForCausalLM:
+    """A 4-layer LLaMA (hidden 32, 4 heads of 8, 2 kv heads, FFN 64, vocabulary 64), seeded, in eval mode."""
+    config = T.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, **extra,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return T.LlamaForCausalLM(config).eval()
