@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
+from .checks import shown
+
 DIMENSIONS = ("depth", "hidden", "heads", "ffn", "rank", "channels")
 DEPTH_ORDERS = (
     "prefix",
@@ -23,19 +25,25 @@ Value = int | float
 CostFn = Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
 
-def check_value(dim: str, value: object) -> Value:
+def check_dim(dim: str) -> None:
     if dim not in DIMENSIONS:
-        raise ValueError(f"unknown dimension {dim!r}; allowed: {', '.join(DIMENSIONS)}")
+        raise ValueError(f"unknown dimension {shown(dim)}; allowed: {', '.join(DIMENSIONS)}")
+
+
+def check_value(dim: str, value: object) -> Value:
+    check_dim(dim)
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{dim}={value!r} is not a number; allowed: an int >= 1 or a fraction in (0, 1]")
+        raise ValueError(
+            f"{dim}={shown(value)} is not a number; allowed: an int >= 1 or a fraction in (0, 1]"
+        )
     if isinstance(value, (float, np.floating)):
         if not 0.0 < float(value) <= 1.0 or math.isnan(value):
             raise ValueError(
-                f"{dim}={value!r} is outside (0, 1]; allowed: a fraction in (0, 1] or an int >= 1"
+                f"{dim}={shown(value)} is outside (0, 1]; allowed: a fraction in (0, 1] or an int >= 1"
             )
         return float(value)
     if int(value) < 1:
-        raise ValueError(f"{dim}={value!r} is below 1; allowed: an int >= 1 or a fraction in (0, 1]")
+        raise ValueError(f"{dim}={shown(value)} is below 1; allowed: an int >= 1 or a fraction in (0, 1]")
     return int(value)
 
 
@@ -44,12 +52,13 @@ def format_value(value: Value) -> str:
 
 
 def parse_value(dim: str, text: str) -> Value:
+    check_dim(dim)  # an unknown dimension is said as such, whatever its value
     text = text.strip()
     try:
         value: Value = int(text) if text.lstrip("+-").isdigit() else float(text)
     except ValueError:
         raise ValueError(
-            f"{dim}={text!r} is not a number; allowed: an int >= 1 or a fraction in (0, 1]"
+            f"{dim}={shown(text)} is not a number; allowed: an int >= 1 or a fraction in (0, 1]"
         ) from None
     return check_value(dim, value)
 
@@ -60,18 +69,20 @@ def check_depth_order(order: object, has_depth: bool) -> str | tuple[int, ...] |
     if order is None or order == "prefix":
         return None
     if not has_depth:
-        raise ValueError(f"nesting space depth_order={order!r} is set but depth is not; give depth=[...] too")
+        raise ValueError(
+            f"nesting space depth_order={shown(order)} is set but depth is not; give depth=[...] too"
+        )
     if isinstance(order, str):
         if order not in DEPTH_ORDERS:
             raise ValueError(
-                f"nesting.depth_order={order!r} is unknown; allowed: {', '.join(DEPTH_ORDERS)} or a list of "
+                f"nesting.depth_order={shown(order)} is unknown; allowed: {', '.join(DEPTH_ORDERS)} or a list of "
                 "layer indices, most important first"
             )
         return order
     ranking = list(order) if isinstance(order, Iterable) else [order]
     if not ranking or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ranking):
         raise ValueError(
-            f"nesting.depth_order={ranking!r} is not a list of layer indices; allowed: {', '.join(DEPTH_ORDERS)} "
+            f"nesting.depth_order={shown(ranking)} is not a list of layer indices; allowed: {', '.join(DEPTH_ORDERS)} "
             "or a list of layer indices, most important first"
         )
     return tuple(int(i) for i in ranking)
@@ -98,9 +109,11 @@ class Subnet:
             dim, sep, raw = part.partition("=")
             dim = dim.strip()
             if not sep:
-                raise ValueError(f"subnet part {part!r} is not dim=value; example: depth=8,ffn=0.5,heads=6")
+                raise ValueError(
+                    f"subnet part {shown(part)} is not dim=value; example: depth=8,ffn=0.5,heads=6"
+                )
             if dim in sizes:
-                raise ValueError(f"subnet {text!r} gives {dim!r} twice; give each dimension once")
+                raise ValueError(f"subnet {shown(text)} gives {dim!r} twice; give each dimension once")
             sizes[dim] = parse_value(dim, raw)
         return cls(sizes)
 
@@ -174,7 +187,7 @@ class NestingSpace:
             self.values[dim] = tuple(sorted(set(vals)))
         for dim in merged:
             if dim not in DIMENSIONS:
-                raise ValueError(f"unknown dimension {dim!r}; allowed: {', '.join(DIMENSIONS)}")
+                raise ValueError(f"unknown dimension {shown(dim)}; allowed: {', '.join(DIMENSIONS)}")
         if not self.values:
             raise ValueError(
                 f"nesting space is empty; give sizes for at least one of {', '.join(DIMENSIONS)}"
@@ -361,7 +374,7 @@ class NestingSpace:
             dim, sep, raw = part.partition("=")
             if not sep:
                 raise ValueError(
-                    f"nesting space part {part!r} is not dim=a|b|c; example: depth=6|12,ffn=0.5|1.0"
+                    f"nesting space part {shown(part)} is not dim=a|b|c; example: depth=6|12,ffn=0.5|1.0"
                 )
             dims[dim.strip()] = [parse_value(dim.strip(), r) for r in raw.split("|")]
         return cls(dims)

@@ -149,7 +149,7 @@ def export_subnet(
     from transformers.utils import logging as hf_logging
 
     from sortednet import sentence_export
-    from sortednet.api import kind_of
+    from sortednet.api import check_tensors, kind_of
     from sortednet.many import ManyInOneModel
 
     hf_logging.disable_progress_bar()
@@ -161,6 +161,7 @@ def export_subnet(
     out = check_out_dir(out, force, protect=[path, run / "checkpoints"])
     kind = kind_of(meta)
     whole = kind.empty(meta)  # on the meta device: the member's spelling and its exact parameter count
+    check_tensors(path, meta, whole)
     member = whole.space.normalize(subnet)
     if meta.get("bn_calibrated") is not None:  # BatchNorm: the subnet's own statistics
         meta = calibrated_meta(path, meta, member, calibration_batches)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import shown
 from .anchors import AnchorParts
 from .config import StitchConfig
 
@@ -45,7 +46,7 @@ class Stitch:
         if ">" not in spec:
             if not spec or ":" in spec or "=" in spec:
                 raise ValueError(
-                    f"stitch {raw!r} is not an anchor name or FRONT:CUT>BACK:RESUME; example: small:4>large:8"
+                    f"stitch {shown(raw)} is not an anchor name or FRONT:CUT>BACK:RESUME; example: small:4>large:8"
                 )
             return cls(spec)
         try:
@@ -55,7 +56,7 @@ class Stitch:
             return cls(front.strip(), int(cut), back.strip(), int(resume))
         except ValueError:
             raise ValueError(
-                f"stitch {raw!r} is not an anchor name or FRONT:CUT>BACK:RESUME; example: small:4>large:8"
+                f"stitch {shown(raw)} is not an anchor name or FRONT:CUT>BACK:RESUME; example: small:4>large:8"
             ) from None
 
     def __str__(self) -> str:
@@ -181,7 +182,7 @@ class StitchSpace:
             names = ", ".join(a.name for a in self.anchors)
             example = next((str(m) for m in self._members if not m.is_anchor), names)
             raise ValueError(
-                f"stitch {str(member)!r} is not in the stitch space; allowed: an anchor ({names}) or one of its "
+                f"stitch {shown(str(member))} is not in the stitch space; allowed: an anchor ({names}) or one of its "
                 f"{len(self) - len(self.anchors)} stitches such as {example}"
             )
         return stitch
