@@ -73,8 +73,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException as err:
+        full = isinstance(err, Exception) and disk_full(err, path.parent)
         tmp.unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno in FULL:
+        if full:
             raise DiskFull(path) from None
         raise
     fsync_dir(path.parent)
@@ -82,6 +83,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
 
 FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(err: Exception, folder: Path) -> bool:
+    """Whether a failed write failed for want of space: torch.save and safetensors raise their own error types
+    (an 'unexpected pos' RuntimeError, a SafetensorError naming os error 28), so the folder's free space is
+    read too, before the partial file is removed."""
+    if isinstance(err, OSError) and err.errno in FULL:
+        return True
+    if "No space left" in str(err) or "os error 28" in str(err):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
 
 
 class DiskFull(OSError):

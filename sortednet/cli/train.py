@@ -232,14 +232,47 @@ def refusing(run_dir: Path, made_by_us: bool):
         sys.exit(2)
 
 
+# the nearest folder above the run folder that existed before Hydra made the run folder and its parents (set by
+# main(); None when run() is called directly): a refused config removes the empty parents up to it too
+_EXISTING_ABOVE: Path | None = None
+
+
 def _remove_if_empty(run_dir: Path) -> None:
     from ..train.run_lock import LOCK_NAME
 
     if not run_dir.exists():
         return
     ours = {".hydra", LOCK_NAME}
-    if all(p.name in ours or p.suffix == ".log" for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir)
+    if not all(p.name in ours or p.suffix == ".log" for p in run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir)
+    if _EXISTING_ABOVE is None:
+        return
+    for parent in run_dir.resolve().parents:  # runs/<name>/ that Hydra made for this run, if left empty
+        if parent == _EXISTING_ABOVE or _EXISTING_ABOVE not in parent.parents or any(parent.iterdir()):
+            break
+        parent.rmdir()
+
+
+def check_run_dir(cfg: DictConfig) -> None:
+    """Before Hydra makes the run folder: a path that is a file is refused in one line (Hydra's mkdir would end
+    in a FileExistsError traceback), and the nearest existing folder above it is noted (_EXISTING_ABOVE)."""
+    global _EXISTING_ABOVE
+    try:
+        run_dir = Path(str(cfg.hydra.run.dir)).resolve()
+    except Exception:  # an interpolation only Hydra's app resolves: Hydra's own checks apply
+        return
+    for path in (run_dir, *run_dir.parents):
+        if path.exists() and not path.is_dir():
+            print(
+                f"sortednet-train: error: hydra.run.dir={str(cfg.hydra.run.dir)[:100]!r}: {str(path)!r} is a "
+                "file, not a folder; give a new folder or an existing run folder",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        if path.is_dir():
+            _EXISTING_ABOVE = path if path != run_dir else None
+            return
 
 
 def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
@@ -256,6 +289,7 @@ def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
+    from ..atomic import DiskFull
     from ..train.checkpoint_io import recover
     from ..train.module import Diverged
     from ..train.run_lock import RunLock, is_launching_process
@@ -282,10 +316,20 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
             trainer = make_trainer(checked, run_dir)
         try:
             trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+            return finish(checked, trainer, data, module, run_dir)
         except Diverged as err:
             print(f"sortednet-train: {' '.join(str(err).split())}", file=sys.stderr)
             sys.exit(1)
-        return finish(checked, trainer, data, module, run_dir)
+        except DiskFull as err:
+            last = run_dir / "checkpoints" / "last.ckpt"
+            kept = (
+                f"the last committed pair {str(last)!r} is intact" if last.is_file() else "no pair was saved"
+            )
+            print(
+                f"sortednet-train: error: {err}; {kept}; free space, then resume with ckpt_path={last}",
+                file=sys.stderr,
+            )
+            sys.exit(1)
     finally:
         if log is not None:
             stop_logging(log)
@@ -347,7 +391,7 @@ def main() -> None:
         check_only(argv[1:])
         return
     if not any(a.startswith("-") for a in argv):  # --cfg, --help, -m ...: Hydra's own flags
-        compose_config(argv)
+        check_run_dir(compose_config(argv))
     sys.argv = [sys.argv[0], *argv]
     hydra_main()
 

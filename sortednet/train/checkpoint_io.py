@@ -51,8 +51,13 @@ def save_pair(trainer: Any, ckpt_path: str | os.PathLike, metadata: Mapping[str,
     from .fsdp import save_one_file
 
     ckpt_path = Path(ckpt_path)
-    trainer.save_checkpoint(staged(ckpt_path), weights_only=False)  # the whole training state, said
-    save_one_file(trainer.lightning_module.nested, staged(one_file_path(ckpt_path)), metadata)
+    try:
+        trainer.save_checkpoint(staged(ckpt_path), weights_only=False)  # the whole training state, said
+        save_one_file(trainer.lightning_module.nested, staged(one_file_path(ckpt_path)), metadata)
+    except BaseException:  # a full disk, a kill: the committed pair stands, the staged half goes
+        if trainer.is_global_zero:
+            staged(ckpt_path).unlink(missing_ok=True)
+        raise
     if trainer.is_global_zero:
         commit(ckpt_path)
     trainer.strategy.barrier()
