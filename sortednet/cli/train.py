@@ -211,8 +211,11 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def one_line(err: BaseException) -> str:
-    while err.__cause__ is not None and type(err).__name__ == "InstantiationException":
-        err = err.__cause__  # hydra wraps a data module's or model's own error
+    wrappers = ("InstantiationException", "InterpolationResolutionError")
+    while type(err).__name__ in wrappers and (err.__cause__ or err.__context__) is not None:
+        err = (
+            err.__cause__ or err.__context__
+        )  # hydra wraps a data module's or model's error, omegaconf a resolver's
     text = " ".join(str(err).split()) or type(err).__name__
     return text if isinstance(err, ValueError) else f"{type(err).__name__}: {text}"
 

@@ -137,6 +137,7 @@ def check(cfg: DictConfig) -> RunConfig:
     """Everything that can be checked before a file is written or a model is built; one-line ValueErrors.
     Each group's object checks its own values when made (ModelSpec, the space, the sampler, Optim, Train)."""
     model = make(cfg.model)
+    make(cfg.data)  # its values and the packages a builtin dataset needs; nothing is read
     nesting, reorder = split_nesting(container(cfg.nesting))
     stitching = Stitching.from_config(container(cfg.stitch)) if cfg.get("stitch") else None
     if stitching is not None and reorder.method is not None:
