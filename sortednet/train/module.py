@@ -19,6 +19,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..many import ManyInOne
+from ..optim import NestedAdamW, head_parameter_ids, param_groups
 from ..sampling import Sampler
 from ..spec import Subnet
 from ..tasks import Task
@@ -26,18 +27,10 @@ from .compiled import compile_model, compiled_graphs
 from .distill import Distiller
 from .distributed import allreduce_gradients, needs_allreduce, reducer_off, world_size
 from .fsdp import configure_sharding, is_sharded_model
-from .optim import NestedAdamW
 from .options import Optim, Train, check_distill
 
 # validation metrics are summed over ranks (strategy.reduce) before they are logged, so sync_dist is not needed
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
-
-
-def head_parameter_ids(model: torch.nn.Module) -> set[int]:
-    """The task head: parameters of the top model outside `model.base_model` (a fresh classifier, a head per
-    depth); a head tied to the input embeddings belongs to the base model."""
-    base = {id(p) for p in model.base_model.parameters()}
-    return {id(p) for p in model.parameters() if id(p) not in base}
 
 
 class Diverged(RuntimeError):
@@ -113,11 +106,6 @@ class SortedNetModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.optim
         head = head_parameter_ids(self.nested.model) if o.head_lr is not None else set()
-        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-        for name, p in self.nested.named_parameters():
-            if p.requires_grad:
-                key = (p.ndim >= 2 and "norm" not in name.lower(), id(p) in head)
-                groups.setdefault(key, []).append(p)
         touched = None
         if o.update == "touched":
             if getattr(self.nested, "state", None) is None:
@@ -132,15 +120,7 @@ class SortedNetModule(L.LightningModule):
                 )
             touched = self.nested.state.touched = {}
         optimizer = NestedAdamW(
-            [
-                {
-                    "params": groups.get((decays, in_head), []),
-                    "weight_decay": o.weight_decay if decays else 0.0,
-                }
-                | ({"lr": o.head_lr} if in_head else {})
-                for in_head in ((False, True) if head else (False,))
-                for decays in (True, False)
-            ],
+            param_groups(self.nested, o.weight_decay, o.head_lr, head),
             lr=o.lr,
             betas=o.betas,
             eps=o.eps,

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import number
+from ..optim import UPDATES
 from .compiled import compile_backend
 
 SCHEDULES = ("cosine", "linear", "constant")
-UPDATES = ("all", "touched")  # optim.update: see sortednet/train/optim.py
 
 
 @dataclass(frozen=True)
