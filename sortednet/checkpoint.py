@@ -44,10 +44,36 @@ def write(path: str | os.PathLike, state: Mapping[str, torch.Tensor], header: Ma
             continue
         seen[ident] = key
         tensors[key] = tensor.detach().contiguous()
-    nonfinite = [k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())]
-    full = {"format": FORMAT, "version": VERSION, **header, "aliases": aliases, "nonfinite": nonfinite}
+    nonfinite, huge = absurd(tensors)
+    full = {
+        "format": FORMAT,
+        "version": VERSION,
+        **header,
+        "aliases": aliases,
+        "nonfinite": nonfinite,
+        "huge": huge,
+    }
     meta = {"format": "pt", FORMAT: json.dumps(full, default=str)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+HUGE = (
+    1e6  # a weight of larger magnitude is absurd: no trained transformer holds one (fp16's largest is 65504)
+)
+
+
+def absurd(tensors: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """(the float tensors holding NaN or inf, those holding a finite value of magnitude > HUGE): a diverged run's
+    weights, which sortednet-select and -export refuse and sortednet-train never saves."""
+    nonfinite, huge = [], []
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and tensor.numel():
+            top = float(tensor.detach().abs().amax())
+            if top != top or top == float("inf"):
+                nonfinite.append(key)
+            elif top > HUGE:
+                huge.append(key)
+    return nonfinite, huge
 
 
 # header fields the format owns (the rest is what the run added: train config, eval table, ...)
@@ -63,6 +89,7 @@ OWN_KEYS = {
     "low_rank",
     "options",
     "nonfinite",
+    "huge",
     "bn_calibrated",
     "_keys",
 }

@@ -24,7 +24,7 @@ from .tools import (
     command,
     files_under,
     open_checkpoint,
-    refuse_nonfinite,
+    refuse_diverged,
 )
 
 PROG = "sortednet-export"
@@ -184,10 +184,7 @@ def export_subnet(
     if meta.get("bn_calibrated") is not None:  # BatchNorm: the subnet's own statistics
         meta = calibrated_meta(path, meta, member, calibration_batches)
     model = kind.read_submodel(path, meta, member)
-    refuse_nonfinite(
-        path,
-        [*(meta.get("nonfinite") or []), *(n for n, p in model.named_parameters() if not p.isfinite().all())],
-    )
+    refuse_diverged(path, meta, dict(model.named_parameters()))
     stitched = isinstance(model, ManyInOneModel)
     pooled = (meta.get("options") or {}).get("pooling") == "mean"
     if rgb and not takes_grey(model):

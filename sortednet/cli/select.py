@@ -22,7 +22,7 @@ from .tools import (
     open_checkpoint,
     parse_amount,
     parse_ms,
-    refuse_nonfinite,
+    refuse_diverged,
 )
 
 PROG = "sortednet-select"
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.max_latency_ms is not None:
         budgets["latency_ms"] = parse_ms("--max-latency-ms", args.max_latency_ms)
     path, meta = open_checkpoint(args.ckpt)
-    refuse_nonfinite(path, meta.get("nonfinite") or [])
+    refuse_diverged(path, meta)
     if args.export:
         check_out_dir(args.export)
     if args.metric is not None and args.metric not in ("accuracy", "loss", "perplexity"):

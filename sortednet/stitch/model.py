@@ -243,6 +243,7 @@ STITCHED_OWN_KEYS = {
     "stitch",
     "aliases",
     "nonfinite",
+    "huge",
     "_keys",
 }
 
