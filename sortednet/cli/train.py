@@ -26,7 +26,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from ..train.config import RunConfig, check, make
-from ..train.console import log_to, record, say, stop_logging
+from ..train.console import log_to, phase, record, say, stop_logging
 from ..train.models import offline_model_path
 from .recipes import CONF_DIR, handle
 
@@ -99,6 +99,8 @@ def build(run: RunConfig, run_dir: Path) -> tuple[Any, Any]:
             )
         if getattr(run.space, "depth_order", None) not in (None, "prefix"):
             say(f"nesting.depth_order={run.space.depth_order}: layers by importance {list(nested.ranking)}")
+    for key, old, new in run.resume_changes:
+        say(f"resume: {key}={new!r} applied (the checkpoint's {old!r})")
     costs = nested.space.costs()
     say(
         f"{run.name}: {len(nested.space)} sub-models in one model of {human(costs[-1])} parameters "
@@ -177,10 +179,15 @@ def finish(run: RunConfig, trainer: L.Trainer, data, module, run_dir: Path) -> l
     if table.enabled:
         subnets = nested.space.subnets() if len(nested.space) <= table.max_subnets else module.val_subnets
         batches = itertools.islice(data.val_dataloader(), table.max_batches)
-        rows = evaluate_subnets(nested, batches, module.task, subnets)
+        with phase(f"evaluating {len(subnets)} sub-models on the validation set"):
+            rows = evaluate_subnets(nested, batches, module.task, subnets)
         if needs_calibration(nested):  # BatchNorm: each subnet's statistics from training batches (US-Nets)
             uncalibrated = rows
-            calibrate_subnets(nested, subnets, data.train_dataloader(), table.calibration_batches)
+            what = f"calibrating BatchNorm on {table.calibration_batches} training batches per sub-model"
+            with phase(what, len(subnets), "sub-models") as advance:
+                calibrate_subnets(
+                    nested, subnets, data.train_dataloader(), table.calibration_batches, progress=advance
+                )
             batches = itertools.islice(data.val_dataloader(), table.max_batches)
             rows = with_uncalibrated(evaluate_subnets(nested, batches, module.task, subnets), uncalibrated)
             nested.save(one_file_path(last), metadata=run_metadata(one_file_path(last)))
