@@ -1,6 +1,6 @@
-"""Divergence is caught before it is saved: a step loss that explodes stops the run before the step is applied,
-a checkpoint whose weights are NaN, inf or absurd (magnitude over 1e6) is never written, and sortednet-select and
--export refuse absurd weights. The detector never fires on healthy runs."""
+"""Divergence is caught before it is saved: one loss spike is skipped, two in a row stop the run before either is
+applied, a checkpoint whose weights are NaN, inf or absurd (magnitude over 1e6) is never written, and
+sortednet-select and -export refuse absurd weights. The detector never fires on healthy runs."""
 
 from __future__ import annotations
 
@@ -82,10 +82,33 @@ class Blowup(L.Callback):
                 module.nested.model.classifier.weight.mul_(self.scale)
 
 
+class Spike(L.Callback):
+    """For batch `at` only, the classifier's weights times 1e4 (undone after it): one odd step whose loss spikes."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if batch_idx == self.at:
+            with torch.no_grad():
+                module.nested.model.classifier.weight.mul_(1e4)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx == self.at:
+            with torch.no_grad():
+                module.nested.model.classifier.weight.div_(1e4)
+
+
+def test_one_loss_spike_is_skipped_and_training_goes_on():
+    module = module_for()
+    trainer(max_steps=20, callbacks=[Spike(15)]).fit(module, datamodule=digits())
+    assert module.skipped_steps == 1 and module.global_step == 20 and module.nonfinite_in_a_row == 0
+
+
 def test_a_healthy_run_trains_to_the_end_with_the_watch_on():
     module = module_for()
     trainer(max_steps=40).fit(module, datamodule=digits())
-    assert module.global_step == 40 and len(module.loss_watch.recent) == 40
+    assert module.global_step == 40 and len(module.loss_watch.recent) == 40 and module.skipped_steps == 0
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ A step's loss has exploded when it is over `factor` times the median of the last
 (robust to single spikes, and following a loss that falls over training) and also over `factor / 10` times the
 median of the first `warmup` steps (a near-zero late loss that jumps stays far below where the run started, so
 it does not count). Nothing is decided before `warmup` steps are in. Healthy runs wander by a few times their
-median from step to step; an exploding one goes up by orders of magnitude.
+median from step to step; an exploding one goes up by orders of magnitude. One such step is skipped (an odd
+batch); two in a row stop the run (`SortedNetModule._optimizer_step`), neither applied.
 """
 
 from __future__ import annotations

@@ -92,6 +92,7 @@ class SortedNetModule(L.LightningModule):
         ]
         self.subnet_weights = dict(train.subnet_weights)
         self.nonfinite_in_a_row = 0  # optimizer steps skipped in a row for a NaN/inf loss or gradient
+        self.jumps_in_a_row = 0  # optimizer steps skipped in a row for a loss spike (LossWatch)
         self.skipped_steps = 0
         self._step_losses: list[tuple[Subnet, torch.Tensor]] = []
         self.micro = 0  # micro-batches done in the current optimizer step
@@ -236,17 +237,20 @@ class SortedNetModule(L.LightningModule):
         elif world_size() > 1:
             torch.distributed.all_reduce(flags)
         bad, exploded = flags[:1], float(flags[1]) != 0
-        if exploded:  # every rank stops before the step is applied: the last saved pair is the last good one
+        # a loss spike is skipped like a non-finite step (one odd batch); two in a row are a divergence, stopped
+        # before either is applied, so the last saved pair is the last good one
+        self.jumps_in_a_row = self.jumps_in_a_row + 1 if exploded else 0
+        if self.jumps_in_a_row >= 2:
             what = jump or "another rank's step loss exploded"
             raise Diverged(
-                f"training diverged at step {self.global_step}: {what} (train.max_loss_jump="
-                f"{self.loss_watch.factor:g}); the step was not applied and the last saved checkpoint is kept as "
-                "it was; lower optim.lr, raise optim.warmup_steps or set train.grad_clip"
+                f"training diverged at step {self.global_step}: {what}, 2 steps in a row (train.max_loss_jump="
+                f"{self.loss_watch.factor:g}); neither was applied and the last saved checkpoint is kept as it "
+                "was; lower optim.lr, raise optim.warmup_steps or set train.grad_clip"
             )
-        if float(bad) != 0:  # every rank skips, or none
+        if float(bad) != 0 or exploded:  # every rank skips, or none
             optimizer.zero_grad(set_to_none=True)
             self._forget_touched()
-            self._skip(losses)
+            self._skip(losses, nonfinite=not exploded)
             return
         self.nonfinite_in_a_row = 0
         optimizer.step()  # clips in on_before_optimizer_step, after a GradScaler's unscale
@@ -303,12 +307,13 @@ class SortedNetModule(L.LightningModule):
         finite = torch.stack(checks).all() if checks else torch.tensor(True)
         return (~finite).float().reshape(1).to(self.device)
 
-    def _skip(self, losses: Sequence[tuple[Subnet, torch.Tensor]]) -> None:
-        """A non-finite step changes no weight and does not count as an optimizer step."""
-        self.nonfinite_in_a_row += 1
+    def _skip(self, losses: Sequence[tuple[Subnet, torch.Tensor]], nonfinite: bool = True) -> None:
+        """A skipped step (non-finite, or a loss spike) changes no weight and does not count as an optimizer
+        step."""
+        self.nonfinite_in_a_row += int(nonfinite)
         self.skipped_steps += 1
         self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
-        if self.nonfinite_in_a_row < self.max_nonfinite_steps:
+        if not nonfinite or self.nonfinite_in_a_row < self.max_nonfinite_steps:
             return
         subnet, loss = next(((s, v) for s, v in losses if not torch.isfinite(v)), (None, None))
         what = f"subnet {subnet} has loss {float(loss)}" if subnet is not None else "a gradient is NaN or inf"
