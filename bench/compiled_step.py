@@ -24,11 +24,11 @@ import torch
 import transformers as T
 
 import sortednet as sn
+from sortednet.optim import NestedAdamW
 from sortednet.sampling import make_sampler
 from sortednet.tasks import CausalLM
 from sortednet.train import SortedNetModule
 from sortednet.train.compiled import compile_model, compiled_graphs
-from sortednet.train.optim import NestedAdamW
 
 from .common import Result, build, interleaved, llama_config, setup, shape_text, text_batch
 

@@ -17,8 +17,8 @@ import torch
 import transformers as T
 
 import sortednet as sn
+from sortednet.optim import NestedAdamW
 from sortednet.train.compiled import compile_model
-from sortednet.train.optim import NestedAdamW
 
 QWEN2_05B = dict(  # Qwen2.5-0.5B's shape
     hidden_size=896,

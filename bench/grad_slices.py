@@ -24,8 +24,8 @@ import transformers as T
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import sortednet as sn
+from sortednet.optim import NestedAdamW
 from sortednet.slice_grad import slice_aware_grads
-from sortednet.train.optim import NestedAdamW
 
 from .common import Result, bert_config, build, interleaved, llama_config, setup, shape_text, text_batch
 from .diagnose import phase_times

@@ -35,6 +35,7 @@ BENCHMARKS = {
     "time_to_quality": "13. end to end: time to every shape's alone accuracy, nested / alone one after another",
     "cnn": "14. ResNet: nesting tax of a train step; 0.5-width subnet forward / extracted model",
     "stitch_forward": "15. stitch forward under use() / the same blocks as one plain model",
+    "api_step": "16. Python API: subnet train step with sn.optimizer / dense model with fused AdamW",
 }
 OUT = Path(__file__).parent / "out" / "results.md"
 

@@ -5,6 +5,7 @@ from .bn_calibration import calibrate
 from .importance import block_influence, reorder
 from .many import ManyInOne, ManyInOneModel
 from .nest import NestedModel
+from .optim import optimizer
 from .permute import apply_permutation
 from .spec import NestingSpace, Subnet
 from .stitch import Stitch, StitchConfig, StitchedModel, StitchSpace, stitch
@@ -29,6 +30,7 @@ __all__ = [
     "load",
     "load_submodel",
     "nest",
+    "optimizer",
     "read_metadata",
     "reorder",
     "stitch",

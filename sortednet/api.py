@@ -18,7 +18,7 @@ from torch import nn
 from . import conv_nest, hf, nest_header, restore, slicing, testing, testing_stages
 from . import nest as nested_kind
 from . import reference as ref
-from .checkpoint import family_of, resolve
+from .checkpoint import family_of, resolve, tensor_problems
 from .checkpoint import read_metadata as read_file_header
 from .depth_order import ranking as ranking_of
 from .export import read_submodel
@@ -189,7 +189,27 @@ def load(path: str | os.PathLike) -> ManyInOneModel:
     """Rebuild the many-in-one model (every member) from a one-file checkpoint or a run folder."""
     path = resolve(path)
     meta = read_metadata(path)
-    return kind_of(meta).load(path, meta)
+    kind = kind_of(meta)
+    try:
+        return kind.load(path, meta)
+    except (RuntimeError, ValueError):  # the tensors disagree with the header: say where, in one line
+        check_tensors(path, meta)
+        raise
+
+
+def check_tensors(
+    path: str | os.PathLike, meta: Mapping[str, Any], model: ManyInOneModel | None = None
+) -> None:
+    """A one-line ValueError when the file's tensors (names, shapes, float or not) are not those of the model
+    its header describes (a damaged or hand-edited file); reads the header, builds the model on the meta
+    device (or takes `model`, built so)."""
+    problems = tensor_problems(path, meta, (model or kind_of(meta).empty(meta)).tensors())
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ValueError(
+            f"checkpoint {str(resolve(path))!r} has a damaged header: its tensors disagree with its model: "
+            f"{problems[0]}{more}"
+        )
 
 
 def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
@@ -210,7 +230,11 @@ def load_submodel(path: str | os.PathLike, subnet: Subnet | str) -> nn.Module:
             loaded = kind.load(path, meta)
             loaded.activate(subnet)
             return loaded
-    return kind.read_submodel(path, meta, subnet)
+    try:
+        return kind.read_submodel(path, meta, subnet)
+    except (RuntimeError, ValueError):
+        check_tensors(path, meta)
+        raise
 
 
 def check_family(

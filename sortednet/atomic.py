@@ -5,7 +5,9 @@ gets, then renamed over the target, and the folder fsynced so that the rename it
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +61,10 @@ def partial_name(path: Path) -> Path:
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """`write(tmp)` writes the whole file at `tmp`; then it replaces `path` in one step."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"{str(path)!r} is a folder; give the path of a file to write, e.g. {str(path / 'model.safetensors')!r}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_name(path)
     try:
@@ -66,11 +72,50 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         os.chmod(tmp, file_mode())
         fsync_path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        full = isinstance(err, Exception) and disk_full(err, path.parent)
         tmp.unlink(missing_ok=True)
+        if full:
+            raise DiskFull(path) from None
         raise
     fsync_dir(path.parent)
     return path
+
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(err: Exception, folder: Path) -> bool:
+    """Whether a failed write failed for want of space: torch.save and safetensors raise their own error types
+    (an 'unexpected pos' RuntimeError, a SafetensorError naming os error 28), so the folder's free space is
+    read too, before the partial file is removed."""
+    if isinstance(err, OSError) and err.errno in FULL:
+        return True
+    if "No space left" in str(err) or "os error 28" in str(err):
+        return True
+    try:
+        return shutil.disk_usage(folder).free < 2**20
+    except OSError:
+        return False
+
+
+class DiskFull(OSError):
+    """No space left (or the quota reached) while writing a file; the file it would have replaced is intact."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        super().__init__(
+            errno.ENOSPC,
+            f"no space left on the device while writing {str(path)!r} ({free} there); nothing was replaced: "
+            "the file it would have replaced is as it was",
+        )
+        self.path = path
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -76,12 +76,19 @@ def calibrate(
 
 
 def calibrate_subnets(
-    nested: Any, subnets: Sequence[Subnet | str], loader: Any, batches: int = DEFAULT_BATCHES
+    nested: Any,
+    subnets: Sequence[Subnet | str],
+    loader: Any,
+    batches: int = DEFAULT_BATCHES,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
-    """`calibrate` each subnet on the same first `batches` batches of `loader` (read once)."""
+    """`calibrate` each subnet on the same first `batches` batches of `loader` (read once); `progress(1)` after
+    each."""
     cached = list(itertools.islice(loader, batches))
     for subnet in subnets:
         calibrate(nested, subnet, cached, batches)
+        if progress:
+            progress(1)
 
 
 def with_uncalibrated(

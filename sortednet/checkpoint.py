@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,10 +44,36 @@ def write(path: str | os.PathLike, state: Mapping[str, torch.Tensor], header: Ma
             continue
         seen[ident] = key
         tensors[key] = tensor.detach().contiguous()
-    nonfinite = [k for k, t in tensors.items() if t.is_floating_point() and not bool(t.isfinite().all())]
-    full = {"format": FORMAT, "version": VERSION, **header, "aliases": aliases, "nonfinite": nonfinite}
+    nonfinite, huge = absurd(tensors)
+    full = {
+        "format": FORMAT,
+        "version": VERSION,
+        **header,
+        "aliases": aliases,
+        "nonfinite": nonfinite,
+        "huge": huge,
+    }
     meta = {"format": "pt", FORMAT: json.dumps(full, default=str)}
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+
+HUGE = (
+    1e6  # a weight of larger magnitude is absurd: no trained transformer holds one (fp16's largest is 65504)
+)
+
+
+def absurd(tensors: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """(the float tensors holding NaN or inf, those holding a finite value of magnitude > HUGE): a diverged run's
+    weights, which sortednet-select and -export refuse and sortednet-train never saves."""
+    nonfinite, huge = [], []
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and tensor.numel():
+            top = float(tensor.detach().abs().amax())
+            if top != top or top == float("inf"):
+                nonfinite.append(key)
+            elif top > HUGE:
+                huge.append(key)
+    return nonfinite, huge
 
 
 # header fields the format owns (the rest is what the run added: train config, eval table, ...)
@@ -62,6 +89,7 @@ OWN_KEYS = {
     "low_rank",
     "options",
     "nonfinite",
+    "huge",
     "bn_calibrated",
     "_keys",
 }
@@ -81,12 +109,22 @@ def resolve(path: str | os.PathLike) -> Path:
         return candidate
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".ckpt" and not is_lightning_checkpoint(path):
+        raise ValueError(
+            f"{str(path)!r} is not a checkpoint ({path.stat().st_size} bytes, not a Lightning zip archive: empty, "
+            "truncated or another format); give a sortednet .safetensors file or a run folder"
+        )
     if path.suffix == ".ckpt":
         raise ValueError(
             f"{str(path)!r} is a Lightning training checkpoint (for resuming with ckpt_path=); give its "
             f"one-file partner {str(path.with_suffix('.safetensors'))!r} or the run folder"
         )
     return path
+
+
+def is_lightning_checkpoint(path: Path) -> bool:
+    """A `.ckpt` that torch.save wrote: a zip archive, not empty."""
+    return path.stat().st_size > 0 and zipfile.is_zipfile(path)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
@@ -122,16 +160,46 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def _check_size(path: Path, keys: set[str]) -> None:
-    """safetensors maps lazily, so a file cut inside its data only fails when read: check the length now."""
+def _raw_header(path: Path) -> tuple[int, dict[str, Any]]:
     with open(path, "rb") as f:
         header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
+        return header_len, json.loads(f.read(header_len))
+
+
+def _check_size(path: Path, keys: set[str]) -> None:
+    """safetensors maps lazily, so a file cut inside its data only fails when read: check the length now."""
+    header_len, header = _raw_header(path)
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if path.stat().st_size < 8 + header_len + end:
         raise ValueError(
             f"checkpoint {str(path)!r} is truncated: {path.stat().st_size} bytes, its header needs {8 + header_len + end}"
         )
+
+
+def tensor_problems(
+    path: str | os.PathLike, meta: Mapping[str, Any], expected: Mapping[str, torch.Tensor]
+) -> list[str]:
+    """Where the file's tensors disagree with `expected` (the tensors of the model its header describes, built
+    on the meta device): a key missing, another shape, an integer tensor where a float one belongs. Reads the
+    header only."""
+    _, header = _raw_header(resolve(path))
+    aliases = meta.get("aliases") or {}
+    problems = []
+    for key, tensor in expected.items():
+        stored = header.get(aliases.get(key, key))
+        if stored is None:
+            problems.append(f"tensor {key!r} is missing")
+            continue
+        shape, dtype = tuple(stored["shape"]), str(stored["dtype"])
+        if shape != tuple(tensor.shape):
+            problems.append(
+                f"tensor {key!r} has shape {list(shape)}, the header's model needs {list(tensor.shape)}"
+            )
+        elif dtype.startswith(("F", "BF")) != tensor.is_floating_point():
+            problems.append(
+                f"tensor {key!r} is {dtype}, the header's model needs {str(tensor.dtype).removeprefix('torch.')}"
+            )
+    return problems
 
 
 def family_of(meta: Mapping[str, Any]) -> AnyFamily:

@@ -5,6 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+SHOWN = 100  # characters of user input quoted in a message
+
+
+def shown(text: object) -> str:
+    """User input as an error message quotes it: its repr, at most SHOWN characters."""
+    text = repr(text)
+    return text if len(text) <= SHOWN else f"{text[: SHOWN - 5]}...{text[-2:]} ({len(text)} characters)"
+
 
 def number(
     key: str,

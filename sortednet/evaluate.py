@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .many import ManyInOne
-from .measure import batch_of, count_flops, measure_latencies, one_sample, to_device
+from .measure import batch_of, count_flops, one_sample, time_subnets, to_device
 from .spec import Subnet
 from .tasks import Task
 
@@ -98,19 +98,20 @@ def evaluate(
             row: dict[str, Any] = {"subnet": str(subnet), "params": nested.num_params(subnet)}
             if flops:
                 row["flops"] = count_flops(nested, subnet, one_sample(first))
-            if latency:
-                row["latency_ms"] = None  # measured below, interleaved over all subnets
+            if latency:  # measured below, interleaved over all subnets
+                row["latency_ms"] = row["latency_ok"] = None
             row.update(task.summarize(sums))  # type: ignore[arg-type]
             rows.append(row)
             if progress:
                 progress(subnet)
         if latency and first is not None:
             inputs = batch_of(first, latency_batch_size)
-            times = measure_latencies(
+            timings = time_subnets(
                 nested, subnets, inputs, warmup, repeats, latency_threads, on_round=latency_progress
             )
-            for row, ms in zip(rows, times, strict=True):
-                row["latency_ms"] = ms
+            for row, timing in zip(rows, timings, strict=True):
+                row["latency_ms"] = timing.ms
+                row["latency_ok"] = timing.reliable
     finally:
         nested.train(was_training)
     return rows
@@ -122,7 +123,7 @@ def headline_metric(rows: Sequence[Mapping[str, Any]], metric: str | None = None
     keys = set(rows[0]) if rows else set()
     if metric is None:
         metric = "perplexity" if "perplexity" in keys else "accuracy" if "accuracy" in keys else "loss"
-    if metric not in keys or metric in ("subnet", *COST_KEYS):
+    if metric not in keys or metric in ("subnet", "latency_ok", *COST_KEYS):
         allowed = [k for k in (rows[0] if rows else []) if k in HIGHER_IS_BETTER]
         raise ValueError(f"metric {metric!r} is not in the evaluation table; allowed: {', '.join(allowed)}")
     return metric, HIGHER_IS_BETTER.get(metric, False)

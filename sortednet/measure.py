@@ -8,6 +8,7 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -115,8 +116,46 @@ def measure_latency(
     return float(statistics.median(times))
 
 
+# A timed repeat is trusted when the process ran for most of it (CPU time / wall time: a CPU model waits for no
+# device, so a share well below one core means other processes took the cores) and the repeats agree.
+MIN_CPU_SHARE = 0.8
+MAX_SPREAD = 0.5  # (90th - 10th percentile) / median of one subnet's repeats
+_wall, _cpu = time.perf_counter, time.process_time  # the clocks (tests simulate a busy machine with them)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One subnet's latency: the median of its repeats (ms), the CPU time the process got per wall second while
+    they were timed (None on a GPU, where the host waits for the device), and their spread around the median."""
+
+    ms: float
+    cpu_share: float | None
+    spread: float
+
+    @property
+    def reliable(self) -> bool:
+        busy = self.cpu_share is not None and self.cpu_share < MIN_CPU_SHARE
+        return not busy and self.spread <= MAX_SPREAD
+
+    def why(self) -> str:
+        """'' when reliable, else what was wrong, in a few words."""
+        parts = []
+        if self.cpu_share is not None and self.cpu_share < MIN_CPU_SHARE:
+            parts.append(f"the process got {self.cpu_share:.0%} of a core while timed")
+        if self.spread > MAX_SPREAD:
+            parts.append(f"repeats spread {self.spread:.2f}x the median")
+        return ", ".join(parts)
+
+
+def _timing(walls: Sequence[float], cpus: Sequence[float], on_cpu: bool) -> Timing:
+    median = float(statistics.median(walls))
+    p10, p90 = np.percentile(walls, [10, 90]) if len(walls) > 1 else (median, median)
+    share = float(sum(cpus) / max(sum(walls), 1e-12)) if on_cpu else None
+    return Timing(median * 1e3, share, float((p90 - p10) / max(median, 1e-12)))
+
+
 @torch.inference_mode()
-def measure_latencies(
+def time_subnets(
     nested: ManyInOne,
     subnets: Sequence[Subnet | str],
     inputs: Inputs,
@@ -124,14 +163,16 @@ def measure_latencies(
     repeats: int = 10,
     threads: int | None = None,
     on_round: Callable[[int], None] | None = None,
-) -> list[float]:
-    """`measure_latency` of many subnets, interleaved: `warmup` passes of each, then `repeats` rounds that
-    time one pass of every subnet in turn; the median per subnet. A burst of load on a shared machine then
-    spreads over all subnets instead of skewing the few measured while it lasted."""
+) -> list[Timing]:
+    """The latency of many subnets, interleaved: `warmup` passes of each, then `repeats` rounds that time one
+    pass of every subnet in turn; per subnet the median and whether the machine was free enough to trust it.
+    A burst of load on a shared machine then spreads over all subnets instead of skewing the few measured while
+    it lasted, and a machine busy all along shows in the CPU time the process got."""
     if repeats < 1:
         raise ValueError(f"latency.repeats={repeats} is below 1; allowed: an int >= 1")
     device = next(iter(inputs.values())).device
-    times: list[list[float]] = [[] for _ in subnets]
+    walls: list[list[float]] = [[] for _ in subnets]
+    cpus: list[list[float]] = [[] for _ in subnets]
     with cpu_threads(threads):
         for subnet in subnets:
             with nested.use(subnet):
@@ -141,13 +182,27 @@ def measure_latencies(
             for i, subnet in enumerate(subnets):
                 with nested.use(subnet):
                     _sync(device)
-                    start = time.perf_counter()
+                    wall, cpu = _wall(), _cpu()
                     nested(**inputs)
                     _sync(device)
-                    times[i].append((time.perf_counter() - start) * 1e3)
+                    walls[i].append(_wall() - wall)
+                    cpus[i].append(_cpu() - cpu)
             if on_round:
                 on_round(r)
-    return [float(statistics.median(t)) for t in times]
+    return [_timing(w, c, device.type == "cpu") for w, c in zip(walls, cpus, strict=True)]
+
+
+def measure_latencies(
+    nested: ManyInOne,
+    subnets: Sequence[Subnet | str],
+    inputs: Inputs,
+    warmup: int = 3,
+    repeats: int = 10,
+    threads: int | None = None,
+    on_round: Callable[[int], None] | None = None,
+) -> list[float]:
+    """`time_subnets`' medians, in milliseconds."""
+    return [t.ms for t in time_subnets(nested, subnets, inputs, warmup, repeats, threads, on_round)]
 
 
 def stratified_subnets(space: MemberSpace, n: int, seed: int = 0) -> list[Subnet]:

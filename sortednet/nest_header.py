@@ -23,6 +23,7 @@ OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {
     "global_step": (int,),
     "options": (dict,),
     "nonfinite": (list,),
+    "huge": (list,),
     "family": (dict,),
     "permutation": (dict,),
     "block_influence": (dict,),

@@ -24,6 +24,8 @@ def _cell(key: str, value: Any) -> str:
         return f"{100 * value:.2f}%"
     if key == "latency_ms":
         return f"{value:.3g}"
+    if key == "latency_ok":  # measured while the machine was free enough (sortednet.measure.Timing)
+        return "yes" if value else "BUSY"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

@@ -40,18 +40,20 @@ def check_depth_order(order: object, has_depth: bool) -> str | tuple[int, ...] |
     if order is None or order == "prefix":
         return None
     if not has_depth:
-        raise ValueError(f"nesting space depth_order={order!r} is set but depth is not; give depth=[...] too")
+        raise ValueError(
+            f"nesting space depth_order={shown(order)} is set but depth is not; give depth=[...] too"
+        )
     if isinstance(order, str):
         if order not in DEPTH_ORDERS:
             raise ValueError(
-                f"nesting.depth_order={order!r} is unknown; allowed: {', '.join(DEPTH_ORDERS)} or a list of "
+                f"nesting.depth_order={shown(order)} is unknown; allowed: {', '.join(DEPTH_ORDERS)} or a list of "
                 "layer indices, most important first"
             )
         return order
     ranking = list(order) if isinstance(order, Iterable) else [order]
     if not ranking or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ranking):
         raise ValueError(
-            f"nesting.depth_order={ranking!r} is not a list of layer indices; allowed: {', '.join(DEPTH_ORDERS)} "
+            f"nesting.depth_order={shown(ranking)} is not a list of layer indices; allowed: {', '.join(DEPTH_ORDERS)} "
             "or a list of layer indices, most important first"
         )
     return tuple(int(i) for i in ranking)
@@ -100,7 +102,7 @@ class NestingSpace(PerLayerMembers):
             self.values[dim] = tuple(sorted(set(vals)))
         for dim in merged:
             if dim not in DIMENSIONS:
-                raise ValueError(f"unknown dimension {dim!r}; allowed: {', '.join(DIMENSIONS)}")
+                raise ValueError(f"unknown dimension {shown(dim)}; allowed: {', '.join(DIMENSIONS)}")
         if not self.values:
             raise ValueError(
                 f"nesting space is empty; give sizes for at least one of {', '.join(DIMENSIONS)}"
@@ -322,7 +324,7 @@ class NestingSpace(PerLayerMembers):
             dim, sep, raw = part.partition("=")
             if not sep:
                 raise ValueError(
-                    f"nesting space part {part!r} is not dim=a|b|c; example: depth=6|12,ffn=0.5|1.0"
+                    f"nesting space part {shown(part)} is not dim=a|b|c; example: depth=6|12,ffn=0.5|1.0"
                 )
             dims[dim.strip()] = [parse_value(dim.strip(), r) for r in raw.split("|")]
         return cls(dims)

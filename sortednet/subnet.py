@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .checks import shown
+
 DIMENSIONS = ("depth", "hidden", "heads", "ffn", "rank", "channels")
 LAYERS = "layers"  # the kept layers of a per-layer subnet
 PER_LAYER = (
@@ -23,13 +25,6 @@ PER_LAYER = (
 )  # dimensions that may take a size per layer (a space says which it allows)
 Value = int | float
 Size = Value | tuple[Value, ...]
-SHOWN = 100  # characters of user input quoted in a message
-
-
-def shown(text: object) -> str:
-    """User input as quoted in an error: at most SHOWN characters."""
-    text = repr(text)
-    return text if len(text) <= SHOWN else f"{text[: SHOWN - 5]}...{text[-2:]} ({len(text)} characters)"
 
 
 def check_value(dim: str, value: object) -> Value:

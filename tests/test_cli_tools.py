@@ -185,12 +185,12 @@ LOADER = textwrap.dedent(
     got = {}
     images = np.load(f"{root}/digits.npy")
     grey = [Image.fromarray(im, mode="L") for im in images]
-    # 1. ViT, fp32: processor + model on grey images, logits compared by the test
-    proc = AutoImageProcessor.from_pretrained(f"{root}/vit")
-    model = AutoModelForImageClassification.from_pretrained(f"{root}/vit").eval()
+    # 1. ViT --grey, fp32: processor + model on grey images, logits compared by the test
+    proc = AutoImageProcessor.from_pretrained(f"{root}/vit_grey")
+    model = AutoModelForImageClassification.from_pretrained(f"{root}/vit_grey").eval()
     with torch.no_grad():
         got["vit"] = model(**proc(grey, return_tensors="pt")).logits.tolist()
-    # 2. ViT --rgb: pipeline() (converts images to RGB)
+    # 2. ViT as exported by default (RGB input): pipeline() (converts images to RGB)
     clf = pipeline("image-classification", model=f"{root}/vit_rgb")
     got["vit_rgb"] = [p[0]["label"] for p in clf(grey, top_k=1)]
     with torch.no_grad():
@@ -223,10 +223,11 @@ def test_exported_folders_load_with_automodel_and_pipeline(tmp_path, capsys):
     vit = tmp_path / "vit.safetensors"
     nested = make_checkpoint(vit)
     sub = "depth=2,heads=2,ffn=0.5"
-    for name, extra in (("vit", []), ("vit_rgb", ["--rgb"]), ("vit_bf16", ["--dtype", "bf16"])):
+    for name, extra in (("vit_grey", ["--grey"]), ("vit_rgb", []), ("vit_bf16", ["--dtype", "bf16"])):
         assert call(export.main, vit, "--subnet", sub, "--out", tmp_path / name, *extra) == 0
     printed = capsys.readouterr().out
-    assert "1-channel model: call the image processor" in printed
+    assert '--grey: a 1-channel model; call the image processor and the model on grey ("L") images' in printed
+    assert "1-channel model exported for RGB input" in printed
     digits = load_digits()
     images = (digits.images[:6] * 255 / 16).round().astype(np.uint8)
     np.save(tmp_path / "digits.npy", images)

@@ -126,6 +126,7 @@ def test_a_head_per_depth_trains_and_exports_what_use_predicts(tmp_path):
             str(subnet),
             "--out",
             str(out),
+            "--grey",  # the exact 1-channel sub-model (the default export takes RGB input, for pipeline())
         ],
         capture_output=True,
         text=True,

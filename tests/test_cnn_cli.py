@@ -55,7 +55,9 @@ def test_export_and_eval_calibrate_and_store_what_the_checkpoint_lacks(tmp_path)
     run(config(tmp_path))
     ckpt = tmp_path / "run" / "checkpoints" / "last.safetensors"
     assert not sn.read_metadata(ckpt)["bn_calibrated"]  # eval_table disabled: nothing calibrated yet
-    info = export.export_subnet(ckpt, "channels=0.5,depth=1", tmp_path / "small")
+    info = export.export_subnet(
+        ckpt, "channels=0.5,depth=1", tmp_path / "small", rgb=False
+    )  # 1 channel, exact
     assert sn.read_metadata(ckpt)["bn_calibrated"] == ["depth=1,channels=0.5"]
     small = T.ResNetForImageClassification.from_pretrained(tmp_path / "small").eval()
     nested = sn.load(ckpt)

@@ -141,7 +141,9 @@ def test_evaluate_matches_the_training_evaluation():
     subnets = nested.space.subnets()[:3]
     rows = evaluate(nested, batches, task, subnets, latency_batch_size=2, warmup=0, repeats=1)
     base = evaluate_subnets(nested, batches, task, subnets)
-    assert [list(r) for r in rows] == [["subnet", "params", "flops", "latency_ms", "loss", "accuracy"]] * 3
+    assert [list(r) for r in rows] == [
+        ["subnet", "params", "flops", "latency_ms", "latency_ok", "loss", "accuracy"]
+    ] * 3
     for got, want in zip(rows, base, strict=True):
         assert got["subnet"] == want["subnet"] and got["params"] == want["params"]
         assert got["accuracy"] == want["accuracy"] and abs(got["loss"] - want["loss"]) < 1e-6

@@ -8,7 +8,7 @@ import torch
 from tiny import build, inputs, output, space
 
 import sortednet as sn
-from sortednet.train.optim import NestedAdamW, disjoint_boxes, fused_supported
+from sortednet.optim import NestedAdamW, disjoint_boxes, fused_supported
 from sortednet.train.options import Optim
 
 SPACE = dict(depth=[2, 4], ffn=[0.5, 1.0], heads=[2, 4], hidden=[0.5, 1.0])
@@ -140,9 +140,9 @@ def test_head_lr_gives_the_task_head_its_own_learning_rate():
     from tiny import digits_vit
 
     from sortednet.data import ImageClassificationDataModule
+    from sortednet.optim import head_parameter_ids
     from sortednet.sampling import make_sampler
     from sortednet.train import Classification, SortedNetModule
-    from sortednet.train.module import head_parameter_ids
 
     nested = sn.nest(digits_vit(), sn.NestingSpace(depth=[1, 3]))
     head = head_parameter_ids(nested.model)
@@ -165,3 +165,47 @@ def test_head_lr_value_is_checked():
     assert Optim().head_lr is None
     with pytest.raises(ValueError, match=r"^optim.head_lr=0"):
         Optim(head_lr=0)
+
+
+def test_sn_optimizer_is_the_trainers_and_steps_only_what_a_subnet_read():
+    from sortednet.optim import param_groups
+
+    nested = sn.nest(build("llama"), space("llama", **SPACE))
+    opt = sn.optimizer(nested, lr=1e-2, weight_decay=0.1)
+    assert isinstance(opt, NestedAdamW) and nested.state.touched == {}
+    want = param_groups(nested, 0.1)
+    assert [[id(p) for p in g["params"]] for g in opt.param_groups] == [
+        [id(p) for p in g["params"]] for g in want
+    ]
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    before = {n: p.detach().clone() for n, p in nested.named_parameters()}
+    subnet = "depth=2,ffn=0.5,heads=2,hidden=0.5"
+    with nested.use(subnet):
+        output(nested, inputs("llama")).sum().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    assert nested.state.touched == {}  # spent by the step
+
+    def named(part):
+        return next(n for n, p in nested.named_parameters() if part in n and n.endswith("weight"))
+
+    params = dict(nested.named_parameters())
+    down = named("layers.0.mlp.down_proj")
+    moved = params[down].detach() != before[down]
+    assert moved[:16, :24].any() and not moved[16:].any() and not moved[:, 24:].any()
+    skipped = named("layers.3.mlp.up_proj")  # a layer the subnet does not run
+    assert torch.equal(params[skipped], before[skipped])
+
+
+def test_sn_optimizer_refuses_what_it_cannot_do():
+    from test_stitch import vit
+
+    nested = sn.nest(build("llama"), space("llama", depth=[2, 4]))
+    with pytest.raises(ValueError, match=r"update='some' is unknown; allowed: all, touched"):
+        sn.optimizer(nested, update="some")
+    with pytest.raises(ValueError, match=r"optimizer\(\) takes a nested or stitched model"):
+        sn.optimizer(build("llama"))
+    stitched = sn.stitch({"small": vit(16, 4), "large": vit(32, 4, seed=1)})
+    with pytest.raises(ValueError, match=r"a StitchedModel runs whole tensors: allowed: update='all'"):
+        sn.optimizer(stitched)
+    assert isinstance(sn.optimizer(stitched, update="all"), NestedAdamW)

@@ -16,7 +16,7 @@ import platform
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -190,6 +190,7 @@ def evaluate_checkpoint(
         "higher_is_better": higher,
         "time": datetime.now().isoformat(timespec="seconds"),
     }
+    info["latency_unreliable"] = busy_latencies(rows)
     info["title"] = _title(meta, info)
     if out_dir is not None:
         costs = [c for c in ("params", "latency_ms") if c in rows[0]]
@@ -204,6 +205,26 @@ def evaluate_checkpoint(
         else:
             update_metadata(path, eval_table=rows, eval_info=own, block_influence=info["block_influence"])
     return rows, info
+
+
+def busy_latencies(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The subnets whose latency was measured while the machine was too busy to trust it (`latency_ok`)."""
+    return [str(r["subnet"]) for r in rows if r.get("latency_ok") is False]
+
+
+def busy_line(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """One line saying which latencies are not to be trusted, or None."""
+    from ..measure import MAX_SPREAD, MIN_CPU_SHARE
+
+    busy = busy_latencies(rows)
+    if not busy:
+        return None
+    shown = ", ".join(busy[:3]) + (" ..." if len(busy) > 3 else "")
+    return (
+        f"latency: {len(busy)} of {len(rows)} subnets were timed while the machine was busy (the process got "
+        f"under {MIN_CPU_SHARE:.0%} of a core, or its repeats spread over {MAX_SPREAD}x the median): "
+        f"{shown}; their latency_ms (latency_ok=BUSY) is not reliable: measure again on an idle machine"
+    )
 
 
 def _title(meta: Mapping[str, Any], info: Mapping[str, Any]) -> str:
@@ -249,6 +270,9 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     print_table(rows, title=info["title"], metric=info["metric"], highlight=front)
     print(f"green: the Pareto frontier of {info['metric']} against params ({len(front)} of {len(rows)})")
     print(influence_line(info["block_influence"]))
+    busy = busy_line(rows)
+    if busy:
+        print(busy)
     per = info["seconds"] / max(len(rows), 1)
     print(f"{len(rows)} subnets in {info['seconds']:.1f} s ({per:.2f} s per subnet) on {info['device_name']}")
     print(

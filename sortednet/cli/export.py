@@ -24,7 +24,7 @@ from .tools import (
     command,
     files_under,
     open_checkpoint,
-    refuse_nonfinite,
+    refuse_diverged,
 )
 
 PROG = "sortednet-export"
@@ -59,29 +59,45 @@ def image_processor_like_run(data: Mapping[str, Any], config: Any) -> Any:
     )
 
 
+def takes_grey(model: Any) -> bool:
+    """A 1-channel image model (digits): its config says num_channels=1."""
+    return int(getattr(getattr(model, "config", None), "num_channels", 0) or 0) == 1
+
+
 def grey_to_rgb(model: Any) -> None:
-    """Make a 1-channel image model take RGB: the patch embedding's weights repeated over 3 channels and
+    """Make a 1-channel image model take RGB: the first convolution's weights repeated over 3 channels and
     divided by 3, so a grey image given as RGB (R = G = B, as pipeline() makes every image) gives the same
-    output."""
+    output up to float rounding. Works for every image family whose stem is one Conv2d on the pixels (ViT, DeiT,
+    ResNet, ConvNeXt, Swin); the modules that check the channel count are told 3."""
     import torch
     from torch import nn
 
-    embed = getattr(getattr(model.base_model, "embeddings", None), "patch_embeddings", None)
-    conv = getattr(embed, "projection", None)
-    if not isinstance(conv, nn.Conv2d) or conv.in_channels != 1:
+    stem = next(
+        (
+            (owner, name, conv)
+            for owner in model.modules()
+            for name, conv in owner.named_children()
+            if isinstance(conv, nn.Conv2d) and conv.in_channels == 1
+        ),
+        None,
+    )
+    if not takes_grey(model) or stem is None:
         raise ValueError(
-            f"--rgb is for 1-channel ViT/DeiT image models; {type(model).__name__} has no 1-channel "
-            "patch embedding"
+            f"--rgb is for 1-channel image models; {type(model).__name__} has no 1-channel first convolution"
         )
+    owner, name, conv = stem
     rgb = nn.Conv2d(
         3, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
-    )
-    rgb = rgb.to(dtype=conv.weight.dtype)
+    ).to(dtype=conv.weight.dtype)
     with torch.no_grad():
         rgb.weight.copy_(conv.weight.repeat(1, 3, 1, 1) / 3)
         if conv.bias is not None:
             rgb.bias.copy_(conv.bias)
-    embed.projection, embed.num_channels, model.config.num_channels = rgb, 3, 3
+    setattr(owner, name, rgb)
+    for module in model.modules():
+        if getattr(module, "num_channels", None) == 1:
+            module.num_channels = 3
+    model.config.num_channels = 3
 
 
 def preprocessor(meta: Mapping[str, Any], config: Any) -> tuple[Any, str | None, str]:
@@ -137,19 +153,21 @@ def export_subnet(
     out: str | Path,
     dtype: str = "fp32",
     force: bool = False,
-    rgb: bool = False,
+    rgb: bool | None = None,
     calibration_batches: int = 20,
 ) -> dict[str, Any]:
     """Write member `subnet` of `ckpt` to the folder `out` (all or nothing: built in a temp folder, then renamed).
     A nested sub-model or an anchor is a plain transformers folder; a stitch of two anchors, which no transformers
     class runs, is `stitched.safetensors` (that network alone; sn.load reads it back). A BatchNorm network's
     subnet is exported with calibrated statistics: those the checkpoint stores, else computed on
-    `calibration_batches` of the run's training data and stored in the checkpoint first."""
+    `calibration_batches` of the run's training data and stored in the checkpoint first. A 1-channel image model
+    takes RGB (`rgb=None` or True: `grey_to_rgb`, equal outputs on grey images given as RGB, so pipeline() runs
+    it); `rgb=False` keeps its 1-channel input."""
     import torch
     from transformers.utils import logging as hf_logging
 
     from sortednet import sentence_export
-    from sortednet.api import kind_of
+    from sortednet.api import check_tensors, kind_of
     from sortednet.many import ManyInOneModel
 
     hf_logging.disable_progress_bar()
@@ -161,16 +179,19 @@ def export_subnet(
     out = check_out_dir(out, force, protect=[path, run / "checkpoints"])
     kind = kind_of(meta)
     whole = kind.empty(meta)  # on the meta device: the member's spelling and its exact parameter count
+    check_tensors(path, meta, whole)
     member = whole.space.normalize(subnet)
     if meta.get("bn_calibrated") is not None:  # BatchNorm: the subnet's own statistics
         meta = calibrated_meta(path, meta, member, calibration_batches)
     model = kind.read_submodel(path, meta, member)
-    refuse_nonfinite(
-        path,
-        [*(meta.get("nonfinite") or []), *(n for n, p in model.named_parameters() if not p.isfinite().all())],
-    )
+    refuse_diverged(path, meta, dict(model.named_parameters()))
     stitched = isinstance(model, ManyInOneModel)
     pooled = (meta.get("options") or {}).get("pooling") == "mean"
+    if rgb and not takes_grey(model):
+        raise ValueError(
+            f"--rgb is for 1-channel image models; {type(model).__name__} takes {getattr(model.config, 'num_channels', 'no')} channels"
+        )
+    rgb = takes_grey(model) and rgb is not False and not stitched
     if rgb:
         grey_to_rgb(model)
     model = model.to(getattr(torch, DTYPES[dtype]))
@@ -254,14 +275,15 @@ def report(info: Mapping[str, Any], out: str | Path) -> None:
             "the logits (mean pooling + the head as Dense modules)"
         )
     print(f"  {info['preprocessor']}")
-    if (
-        "preprocessor_config.json" in info["files"]
-        and not info["rgb_from_grey"]
-        and info.get("channels") == 1
-    ):
+    if info["rgb_from_grey"]:
         print(
-            '  1-channel model: call the image processor and the model on grey ("L") images; '
-            "pipeline() converts images to RGB, so for pipeline() export with --rgb"
+            "  1-channel model exported for RGB input (its first convolution's grey weights / 3 on each channel: "
+            "a grey image given as RGB gives the same logits), so pipeline() takes it; --grey keeps 1 channel"
+        )
+    elif info.get("channels") == 1:
+        print(
+            '  --grey: a 1-channel model; call the image processor and the model on grey ("L") images '
+            "(pipeline() converts images to RGB: export without --grey for it)"
         )
     if "char_tokenizer.json" in info["files"]:
         print(
@@ -300,11 +322,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--force", action="store_true", help="replace an earlier export in --out (never other files)"
     )
-    parser.add_argument(
+    channels = parser.add_mutually_exclusive_group()
+    channels.add_argument(
         "--rgb",
-        action="store_true",
-        help="1-channel image models: take RGB input (grey weights / 3 per channel), for pipeline(), which "
-        "converts every image to RGB",
+        action="store_const",
+        const=True,
+        dest="rgb",
+        help="1-channel image models take RGB input (the default): grey weights / 3 per channel, so pipeline(), "
+        "which converts every image to RGB, gives the sub-model's own logits",
+    )
+    channels.add_argument(
+        "--grey",
+        action="store_const",
+        const=False,
+        dest="rgb",
+        help="1-channel image models keep their 1-channel input (give them grey images; not for pipeline())",
     )
     parser.add_argument(
         "--calibration-batches",

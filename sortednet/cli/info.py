@@ -89,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from ..api import check_tensors
     from ..evaluate import headline_metric
     from ..report import human, pareto_front, print_table
 
@@ -101,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "file", f"{path} ({path.stat().st_size / 2**20:.2f} MiB, sortednet format v{meta['version']})"
     )
     model = bound_space(meta)  # parameters on the meta device: the exact costs, no weights
+    check_tensors(path, meta, model)
     space = model.space
     for key, value in model.summary():
         grid.add_row(key, value)

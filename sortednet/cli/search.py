@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .tools import Parser, check_out_dir, command, open_checkpoint, parse_amount, parse_ms, refuse_nonfinite
+from .tools import Parser, check_out_dir, command, open_checkpoint, parse_amount, parse_ms, refuse_diverged
 
 PROG = "sortednet-search"
 KINDS = {"--max-params": "params", "--max-flops": "flops", "--max-latency-ms": "latency_ms"}
@@ -113,7 +113,7 @@ def search(args: Any) -> dict[str, Any]:
     kind, limits = parse_budgets(args)
     options = SearchOptions(args.population, args.generations, args.mutation, args.finalists, args.seed)
     path, meta = open_checkpoint(args.ckpt)
-    refuse_nonfinite(path, meta.get("nonfinite") or [])
+    refuse_diverged(path, meta)
     out = Path(
         args.out or (path.parent.parent if path.parent.name == "checkpoints" else path.parent) / "search"
     )

@@ -10,6 +10,7 @@ data, the current device) and stores it in the checkpoint. Several budgets may b
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,7 +22,7 @@ from .tools import (
     open_checkpoint,
     parse_amount,
     parse_ms,
-    refuse_nonfinite,
+    refuse_diverged,
 )
 
 PROG = "sortednet-select"
@@ -108,6 +109,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--device", default="auto", help="device of an evaluation that has to run (default: auto)"
     )
+    parser.add_argument(
+        "--busy-latency",
+        action="store_true",
+        help="choose by latencies measured while the machine was busy (refused otherwise)",
+    )
     args = parser.parse_args(argv)
     budgets: dict[str, float] = {}
     if args.max_params is not None:
@@ -117,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.max_latency_ms is not None:
         budgets["latency_ms"] = parse_ms("--max-latency-ms", args.max_latency_ms)
     path, meta = open_checkpoint(args.ckpt)
-    refuse_nonfinite(path, meta.get("nonfinite") or [])
+    refuse_diverged(path, meta)
     if args.export:
         check_out_dir(args.export)
     if args.metric is not None and args.metric not in ("accuracy", "loss", "perplexity"):
@@ -125,10 +131,20 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from ..evaluate import headline_metric
     from ..report import print_table
+    from .eval import busy_latencies, busy_line
 
     rows, info = evaluation(
         path, meta, list(budgets), args.device
     )  # a metric the table lacks: the task has none
+    busy = busy_latencies(rows) if "latency_ms" in budgets else []
+    if busy and not args.busy_latency:
+        raise Refusal(
+            f"--max-latency-ms: the latency of {len(busy)} of {len(rows)} subnets was measured while the machine "
+            f"was busy (latency_ok=BUSY), so it cannot be trusted against a budget; measure again on an idle "
+            f"machine (sortednet-eval ckpt={args.ckpt}) or give --busy-latency to choose by it anyway"
+        )
+    if busy:
+        print(f"{PROG}: warning: {busy_line(rows)}; chosen by them anyway (--busy-latency)", file=sys.stderr)
     metric, higher = headline_metric(rows, args.metric)
     rows = [*rows, *searched_rows(meta, rows, metric, budgets)]
     best = choose(rows, budgets, metric, higher)

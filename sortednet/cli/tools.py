@@ -6,7 +6,7 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Any, NoReturn
@@ -85,14 +85,25 @@ def open_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return file, sn.read_metadata(file)
 
 
-def refuse_nonfinite(path: Path, names: Sequence[str]) -> None:
-    """A diverged run's weights (NaN or inf) are never chosen or exported."""
-    if names:
-        shown = ", ".join(sorted(set(names))[:3]) + (" ..." if len(set(names)) > 3 else "")
-        raise ValueError(
-            f"checkpoint {str(path)!r} has non-finite weights ({shown}): the run diverged; use an earlier "
-            "checkpoint or retrain with a lower optim.lr"
-        )
+def refuse_diverged(path: Path, meta: Mapping[str, Any], tensors: Mapping[str, Any] | None = None) -> None:
+    """A diverged run's weights (NaN or inf, or of magnitude over 1e6: the header's lists, and `tensors` when
+    given) are never chosen or exported."""
+    from ..checkpoint import HUGE, absurd
+
+    nonfinite, huge = list(meta.get("nonfinite") or []), list(meta.get("huge") or [])
+    if tensors is not None:
+        more = absurd(tensors)
+        nonfinite, huge = nonfinite + more[0], huge + more[1]
+    for names, what in (
+        (nonfinite, "non-finite weights"),
+        (huge, f"absurd weights (magnitude over {HUGE:g})"),
+    ):
+        if names:
+            shown = ", ".join(sorted(set(names))[:3]) + (" ..." if len(set(names)) > 3 else "")
+            raise ValueError(
+                f"checkpoint {str(path)!r} has {what} ({shown}): the run diverged; use an earlier checkpoint or "
+                "retrain with a lower optim.lr"
+            )
 
 
 EXPORT_RECORD = "sortednet.json"  # what sortednet-export writes into every folder it makes

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -26,9 +25,10 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from ..train.config import RunConfig, check, make
-from ..train.console import log_to, record, say, stop_logging
+from ..train.console import log_to, phase, record, say, stop_logging
 from ..train.models import offline_model_path
 from .recipes import CONF_DIR, handle
+from .run_folder import check_run_dir, remove_if_empty
 
 OmegaConf.register_new_resolver("offline_model", offline_model_path, replace=True)
 
@@ -103,6 +103,8 @@ def build(run: RunConfig, run_dir: Path) -> tuple[Any, Any]:
             )
         if getattr(run.space, "depth_order", None) not in (None, "prefix"):
             say(f"nesting.depth_order={run.space.depth_order}: layers by importance {list(nested.ranking)}")
+    for key, old, new in run.resume_changes:
+        say(f"resume: {key}={new!r} applied (the checkpoint's {old!r})")
     costs = nested.space.costs()
     say(
         f"{run.name}: {len(nested.space)} sub-models in one model of {human(costs[-1])} parameters "
@@ -183,10 +185,15 @@ def finish(run: RunConfig, trainer: L.Trainer, data, module, run_dir: Path) -> l
     if table.enabled:
         subnets = table_members(nested, table.max_subnets, module.val_subnets)
         batches = itertools.islice(data.val_dataloader(), table.max_batches)
-        rows = evaluate_subnets(nested, batches, module.task, subnets)
+        with phase(f"evaluating {len(subnets)} sub-models on the validation set"):
+            rows = evaluate_subnets(nested, batches, module.task, subnets)
         if needs_calibration(nested):  # BatchNorm: each subnet's statistics from training batches (US-Nets)
             uncalibrated = rows
-            calibrate_subnets(nested, subnets, data.train_dataloader(), table.calibration_batches)
+            what = f"calibrating BatchNorm on {table.calibration_batches} training batches per sub-model"
+            with phase(what, len(subnets), "sub-models") as advance:
+                calibrate_subnets(
+                    nested, subnets, data.train_dataloader(), table.calibration_batches, progress=advance
+                )
             batches = itertools.islice(data.val_dataloader(), table.max_batches)
             rows = with_uncalibrated(evaluate_subnets(nested, batches, module.task, subnets), uncalibrated)
             nested.save(one_file_path(last), metadata=run_metadata(one_file_path(last)))
@@ -230,8 +237,11 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def one_line(err: BaseException) -> str:
-    while err.__cause__ is not None and type(err).__name__ == "InstantiationException":
-        err = err.__cause__  # hydra wraps a data module's or model's own error
+    wrappers = ("InstantiationException", "InterpolationResolutionError")
+    while type(err).__name__ in wrappers and (err.__cause__ or err.__context__) is not None:
+        err = (
+            err.__cause__ or err.__context__
+        )  # hydra wraps a data module's or model's error, omegaconf a resolver's
     text = " ".join(str(err).split()) or type(err).__name__
     return text if isinstance(err, ValueError) else f"{type(err).__name__}: {text}"
 
@@ -246,19 +256,9 @@ def refusing(run_dir: Path, made_by_us: bool):
         if os.environ.get("SORTEDNET_DEBUG"):
             raise
         if made_by_us:
-            _remove_if_empty(run_dir)
+            remove_if_empty(run_dir)
         print(f"sortednet-train: error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
-
-
-def _remove_if_empty(run_dir: Path) -> None:
-    from ..train.run_lock import LOCK_NAME
-
-    if not run_dir.exists():
-        return
-    ours = {".hydra", LOCK_NAME}
-    if all(p.name in ours or p.suffix == ".log" for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir)
 
 
 def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
@@ -275,6 +275,7 @@ def write_run_config(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
+    from ..atomic import DiskFull
     from ..train.checkpoint_io import recover
     from ..train.module import Diverged
     from ..train.run_lock import RunLock, is_launching_process
@@ -301,10 +302,20 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
             trainer = make_trainer(checked, run_dir)
         try:
             trainer.fit(module, datamodule=data, ckpt_path=cfg.ckpt_path)
+            return finish(checked, trainer, data, module, run_dir)
         except Diverged as err:
             print(f"sortednet-train: {' '.join(str(err).split())}", file=sys.stderr)
             sys.exit(1)
-        return finish(checked, trainer, data, module, run_dir)
+        except DiskFull as err:
+            last = run_dir / "checkpoints" / "last.ckpt"
+            kept = (
+                f"the last committed pair {str(last)!r} is intact" if last.is_file() else "no pair was saved"
+            )
+            print(
+                f"sortednet-train: error: {err}; {kept}; free space, then resume with ckpt_path={last}",
+                file=sys.stderr,
+            )
+            sys.exit(1)
     finally:
         if log is not None:
             stop_logging(log)
@@ -366,7 +377,7 @@ def main() -> None:
         check_only(argv[1:])
         return
     if not any(a.startswith("-") for a in argv):  # --cfg, --help, -m ...: Hydra's own flags
-        compose_config(argv)
+        check_run_dir(compose_config(argv))
     sys.argv = [sys.argv[0], *argv]
     hydra_main()
 

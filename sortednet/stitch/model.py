@@ -247,6 +247,7 @@ STITCHED_OWN_KEYS = {
     "stitch",
     "aliases",
     "nonfinite",
+    "huge",
     "_keys",
 }
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import shown
 from . import sets
 from .anchors import AnchorParts
 from .config import StitchConfig
@@ -140,7 +141,7 @@ class StitchSpace:
             names = ", ".join(a.name for a in self.anchors)
             example = next((str(m) for m in self._members if not m.is_anchor), names)
             raise ValueError(
-                f"stitch {str(member)!r} is not in the stitch space; allowed: an anchor ({names}) or one of its "
+                f"stitch {shown(str(member))} is not in the stitch space; allowed: an anchor ({names}) or one of its "
                 f"{len(self) - len(self.anchors)} stitches such as {example}"
             )
         return stitch

@@ -13,7 +13,7 @@ from torch.utils.data import default_collate
 
 from ..data.loader import epoch_order
 from ..tasks import Task
-from .console import say
+from .console import phase, say
 
 
 def train_alone(what: str, model: nn.Module, data: Any, task: Task, steps: int, lr: float, seed: int) -> None:
@@ -30,21 +30,25 @@ def train_alone(what: str, model: nn.Module, data: Any, task: Task, steps: int, 
     collate = data.collate_fn or default_collate
     model.train()
     start, step, epoch, first, loss = time.perf_counter(), 0, 0, None, torch.tensor(float("nan"))
-    while step < steps:
-        order = epoch_order(len(train), data.seed, 1000 + epoch).tolist()  # not the run's own epoch orders
-        for i in range(0, len(order) - size + 1, size):
-            batch = collate([train[j] for j in order[i : i + size]])
-            loss = task.model_loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-            first = float(loss.detach()) if first is None else first
-            step += 1
-            if step == steps:
-                break
-        epoch += 1
+    with phase(f"{what}, training alone", steps) as advance:
+        while step < steps:
+            order = epoch_order(
+                len(train), data.seed, 1000 + epoch
+            ).tolist()  # not the run's own epoch orders
+            for i in range(0, len(order) - size + 1, size):
+                batch = collate([train[j] for j in order[i : i + size]])
+                loss = task.model_loss(model, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                first = float(loss.detach()) if first is None else first
+                step += 1
+                advance(1)
+                if step == steps:
+                    break
+            epoch += 1
     say(
         f"{what} trained alone, loss {first:.3f} -> {float(loss.detach()):.3f} in {time.perf_counter() - start:.1f} s"
     )

@@ -29,6 +29,9 @@ class NestedCheckpoint(ModelCheckpoint):
     the two are committed together (checkpoint_io.save_pair)."""
 
     def __init__(self, run_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        # a resume overwrites last.* (a pair committed atomically), never writes last-v1.*: Lightning adds a
+        # version when a file of that name exists that it did not save itself in this run
+        kwargs.setdefault("enable_version_counter", False)
         super().__init__(**kwargs)
         self.run_config = dict(run_config or {})
 

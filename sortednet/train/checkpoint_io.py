@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..atomic import atomic_write, fsync_dir, remove_partials
+from .divergence import Diverged
 
 STAGED = ".staged"
 
@@ -51,11 +52,39 @@ def save_pair(trainer: Any, ckpt_path: str | os.PathLike, metadata: Mapping[str,
     from .fsdp import save_one_file
 
     ckpt_path = Path(ckpt_path)
-    trainer.save_checkpoint(staged(ckpt_path), weights_only=False)  # the whole training state, said
-    save_one_file(trainer.lightning_module.nested, staged(one_file_path(ckpt_path)), metadata)
+    try:
+        trainer.save_checkpoint(staged(ckpt_path), weights_only=False)  # the whole training state, said
+        save_one_file(trainer.lightning_module.nested, staged(one_file_path(ckpt_path)), metadata)
+    except BaseException:  # a full disk, a kill: the committed pair stands, the staged half goes
+        if trainer.is_global_zero:
+            staged(ckpt_path).unlink(missing_ok=True)
+        raise
+    problem = diverged_weights(staged(one_file_path(ckpt_path))) if trainer.is_global_zero else None
+    problem = trainer.strategy.broadcast(problem, src=0)
+    if problem:  # never saved: the last pair stays the last good one
+        if trainer.is_global_zero:
+            staged(ckpt_path).unlink(missing_ok=True)
+            staged(one_file_path(ckpt_path)).unlink(missing_ok=True)
+        raise Diverged(
+            f"training diverged at step {trainer.global_step}: {problem}; this checkpoint was not saved and the "
+            "last saved one is kept as it was; lower optim.lr, raise optim.warmup_steps or set train.grad_clip"
+        )
     if trainer.is_global_zero:
         commit(ckpt_path)
     trainer.strategy.barrier()
+
+
+def diverged_weights(one_file: Path) -> str | None:
+    """What is wrong with the weights a (staged) one-file checkpoint holds, as its writer found them, or None."""
+    from ..checkpoint import HUGE, read_metadata
+
+    meta = read_metadata(one_file)
+    for key, what in (("nonfinite", "NaN or inf"), ("huge", f"a magnitude over {HUGE:g}")):
+        names = meta.get(key) or []
+        if names:
+            shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+            return f"{len(names)} weight tensors hold {what} ({shown})"
+    return None
 
 
 def commit(ckpt_path: Path) -> None:

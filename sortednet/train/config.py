@@ -26,6 +26,7 @@ from .maestro import MaestroCallback
 from .models import ModelSpec
 from .options import Optim, Train, check_distill, check_distill_stitched, check_trainer
 from .reorder import Reorder
+from .resume import changes as resume_changes
 from .stitching import Stitching
 
 REORDER_KEYS = ("reorder", "reorder_batches")  # the `nesting` group's keys that are not dimensions
@@ -79,6 +80,9 @@ class RunConfig:
     nodes: dict[str, Any] = field(default_factory=dict)  # data, trainer, logger: instantiated when built
     ckpt_path: str | None = None
     resolved: dict[str, Any] = field(default_factory=dict)  # the whole config, resolved (checkpoint metadata)
+    resume_changes: list[tuple[str, Any, Any]] = field(
+        default_factory=list
+    )  # (key, checkpoint's, now): applied
 
     def summary(self) -> list[tuple[str, str]]:
         """One screen: what the run will train and how (sortednet-train --check)."""
@@ -107,6 +111,10 @@ class RunConfig:
             ),
             ("eval table", f"{evaluated} on the validation set" if self.eval_table.enabled else "off"),
             ("resume", self.ckpt_path or "no"),
+            *(
+                (f"  {key}", f"{new!r} (the checkpoint's {old!r}), applied")
+                for key, old, new in self.resume_changes
+            ),
         ] + (
             [
                 (
@@ -144,6 +152,7 @@ def check(cfg: DictConfig) -> RunConfig:
     """Everything that can be checked before a file is written or a model is built; one-line ValueErrors.
     Each group's object checks its own values when made (ModelSpec, the space, the sampler, Optim, Train)."""
     model = make(cfg.model)
+    make(cfg.data)  # its values and the packages a builtin dataset needs; nothing is read
     nesting, reorder = split_nesting(container(cfg.nesting))
     stitching = Stitching.from_config(container(cfg.stitch)) if cfg.get("stitch") else None
     if stitching is not None and reorder.method is not None:
@@ -184,8 +193,12 @@ def check(cfg: DictConfig) -> RunConfig:
             "optim.update='touched' records the slices nested wrappers read; a stitched model runs whole "
             "tensors: allowed: optim.update=all"
         )
+    config = resolved(cfg)
+    changed = []
     if ckpt_path:
         check_resume(ckpt_path, space.to_dict())
+        changed = resume_changes(ckpt_path, config)
+        config["resumed"] = {"from": ckpt_path, "changed": {k: [old, new] for k, old, new in changed}}
     return RunConfig(
         name=str(cfg.name),
         seed=seed,
@@ -203,7 +216,8 @@ def check(cfg: DictConfig) -> RunConfig:
         callbacks=callbacks,
         nodes={"data": container(cfg.data), "trainer": cfg.trainer, "logger": cfg.get("logger")},
         ckpt_path=ckpt_path,
-        resolved=resolved(cfg),
+        resolved=config,
+        resume_changes=changed,
     )
 
 

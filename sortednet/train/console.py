@@ -13,6 +13,8 @@ import logging
 import re
 import sys
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_only
@@ -87,3 +89,23 @@ def stop_logging(handler: logging.Handler) -> None:
     for name in (LOG.name, RECORD.name, *LIGHTNING):
         logging.getLogger(name).removeHandler(handler)
     handler.close()
+
+
+@contextmanager
+def phase(what: str, total: int | None = None, unit: str = "steps") -> Iterator[Callable[[int], None]]:
+    """A phase of a run outside Lightning's loop (anchors or a teacher trained alone, calibration): its line when
+    it starts, so a run never sits silent, and on a terminal a progress bar; yields `advance(n=1)`. Rank 0 only."""
+    if rank_zero_only.rank != 0:
+        yield lambda n=1: None
+        return
+    say(f"{what}: {total} {unit} ..." if total else f"{what} ...")
+    if not sys.stdout.isatty():
+        yield lambda n=1: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(file=sys.stdout), transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda n=1: bar.advance(task, n)

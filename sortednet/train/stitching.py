@@ -36,7 +36,7 @@ from ..stitch.anchors import check_anchors, layer_list, parts_of
 from ..stitch.space import AnchorInfo
 from ..tasks import Task
 from .alone import train_alone
-from .console import say
+from .console import phase, say
 from .models import ModelSpec
 
 OWN_KEYS = ("anchors", "calibration_batches", "pretrain_steps", "pretrain_lr", "members")
@@ -130,7 +130,13 @@ class Stitching:
                 )
         batches = first_batches(data, self.calibration_batches) if self.calibration_batches else None
         start = time.perf_counter()
-        stitched = stitch(models, batches, config=self.config, members=self.members)
+        what = (
+            f"stitch: fitting the stitching layers on {len(batches)} training batches"
+            if batches
+            else "stitch"
+        )
+        with phase(what):
+            stitched = stitch(models, batches, config=self.config, members=self.members)
         say(
             f"stitch: {len(stitched.space)} members over anchors {', '.join(stitched.anchors)}, "
             + (

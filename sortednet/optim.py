@@ -1,5 +1,6 @@
 """AdamW for nested training: fused where the device has the kernel, and (`optim.update=touched`) an update of
-only the parts of each tensor that some subnet of the step used.
+only the parts of each tensor that some subnet of the step used. `optimizer(nested, ...)` (`sn.optimizer`) gives
+Python users the trainer's optimizer: the same parameter groups and the same step.
 
 `update=all` (the default) is torch's AdamW: every tensor with a gradient moves as a whole, so the rows and
 columns of an active layer that no subnet of the step used still decay and follow their momentum, as in
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 from torch.optim.adamw import adamw
 
-from ..layers import Box
+from .layers import Box
 
 
 def fused_supported(params: Iterable[torch.Tensor]) -> bool:
@@ -134,3 +135,79 @@ class NestedAdamW(torch.optim.AdamW):
                 )  # fmt: skip
         self.touched.clear()
         return loss
+
+
+UPDATES = ("all", "touched")
+
+
+def head_parameter_ids(model: torch.nn.Module) -> set[int]:
+    """The task head: parameters of the top model outside `model.base_model` (a fresh classifier, a head per
+    depth); a head tied to the input embeddings belongs to the base model."""
+    base = {id(p) for p in model.base_model.parameters()}
+    return {id(p) for p in model.parameters() if id(p) not in base}
+
+
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, head_lr: float | None = None, head: set[int] | None = None
+) -> list[dict[str, Any]]:
+    """AdamW's groups as sortednet-train makes them: weights decay, biases and norms do not; with `head_lr`, the
+    parameters in `head` (ids; default `head_parameter_ids`) in groups of their own at that learning rate."""
+    if head_lr is not None and head is None:
+        head = head_parameter_ids(getattr(model, "model", model))
+    head = head or set()
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((p.ndim >= 2 and "norm" not in name.lower(), id(p) in head), []).append(p)
+    return [
+        {"params": groups.get((decays, in_head), []), "weight_decay": weight_decay if decays else 0.0}
+        | ({"lr": head_lr} if in_head else {})
+        for in_head in ((False, True) if head else (False,))
+        for decays in (True, False)
+    ]
+
+
+def optimizer(
+    nested: torch.nn.Module,
+    lr: float = 1e-3,
+    *,
+    weight_decay: float = 0.01,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    update: str = "touched",
+    head_lr: float | None = None,
+    fused: bool | None = None,
+) -> NestedAdamW:
+    """The optimizer sortednet-train steps with, for a training loop of your own over `nested.use(subnet)`:
+    AdamW (fused where the device has the kernel) over sortednet-train's groups (`param_groups`).
+
+    `update="touched"` (the default here) steps only the rows and columns of each tensor that a subnet of the
+    step read (recorded by the nested model's wrappers during the step's forwards with grad enabled; `step()`
+    forgets them): a sub-model's step then costs about what the dense model of its shape costs, where torch's
+    AdamW steps every full-size tensor a subnet touched. `update="all"` is torch's AdamW (every tensor with a
+    gradient moves as a whole; the unused rows decay and follow their momentum, as in slimmable training).
+    Call `optimizer.zero_grad(set_to_none=True)` after each step."""
+    if update not in UPDATES:
+        raise ValueError(f"update={update!r} is unknown; allowed: {', '.join(UPDATES)}")
+    if not isinstance(nested, torch.nn.Module) or not hasattr(nested, "space"):
+        raise ValueError(
+            f"optimizer() takes a nested or stitched model (sn.nest, sn.stitch); got {type(nested).__name__}"
+        )
+    touched = None
+    if update == "touched":
+        state = getattr(nested, "state", None)
+        if state is None:
+            raise ValueError(
+                f"update='touched' records the slices nested wrappers read; a {type(nested).__name__} runs whole "
+                "tensors: allowed: update='all'"
+            )
+        touched = state.touched = {}
+    return NestedAdamW(
+        param_groups(nested, weight_decay, head_lr),
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        touched=touched,
+        fused=fused,
+    )
