@@ -163,7 +163,9 @@ class Subnet:
                     f"subnet part {shown(part)} is not dim=value; example: depth=8,ffn=0.5,heads=6"
                 )
             if dim in sizes or (dim == LAYERS and layers is not None):
-                raise ValueError(f"subnet gives {shown(dim)} twice; give each dimension once")
+                raise ValueError(
+                    f"subnet {shown(str(text))} gives {shown(dim)} twice; give each dimension once"
+                )
             if dim == LAYERS:
                 layers = parse_layers(raw)
             elif raw.startswith("[") and raw.endswith("]"):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..checks import shown
+
 SPELLING = "an anchor name, FRONT:CUT>BACK:RESUME or FRONT:CUT>MID:START-STOP>BACK:RESUME"
 EXAMPLE = "small:4>large:8"
 
@@ -76,7 +78,7 @@ class Stitch:
             return text
         raw = str(text).strip()
         spec = raw.removeprefix("stitch=").strip()
-        bad = ValueError(f"stitch {raw!r} is not {SPELLING}; example: {EXAMPLE}")
+        bad = ValueError(f"stitch {shown(raw)} is not {SPELLING}; example: {EXAMPLE}")
         parts = [p.strip() for p in spec.split(">")]
         if len(parts) == 1:
             if not spec or ":" in spec or "=" in spec:
