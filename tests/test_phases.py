@@ -53,4 +53,4 @@ def test_a_phase_draws_a_bar_on_a_terminal(monkeypatch):
     monkeypatch.setattr(console.sys, "stdout", plain)
     with console.phase("quiet", 2) as advance:
         advance(1)
-    assert plain.getvalue() == ""  # not a terminal: the start line only (through the log), no bar
+    assert plain.getvalue() == "quiet: 2 steps ...\n"  # not a terminal: the start line only, no bar

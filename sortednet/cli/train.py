@@ -199,9 +199,10 @@ def finish(run: RunConfig, trainer: L.Trainer, data, module, run_dir: Path) -> l
             nested.save(one_file_path(last), metadata=run_metadata(one_file_path(last)))
         write_table(rows, run_dir)
         every = len(subnets) == len(nested.space)
-        title = (
-            f"{run.name}: {'every' if every else f'{len(subnets)} of the {len(nested.space)}'} sub-models "
-            + ("on the validation set" if every else "(a cost-stratified sample and the validated ones)")
+        title = f"{run.name}: " + (
+            "every sub-model on the validation set"
+            if every
+            else f"{len(subnets)} of the {len(nested.space)} sub-models (a cost-stratified sample and the validated ones)"
         )
         print_table(rows, title=title, metric=module.task.metric)
         record(f"{title}\n{(run_dir / 'table.md').read_text()}")

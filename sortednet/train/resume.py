@@ -30,7 +30,9 @@ REFUSED = {
     "data": "the restored data-loader position counts batches of the checkpoint's data",
     "train.rank": "Maestro's shrinking state is restored with the checkpoint",
 }
-HARMLESS = ("data.num_workers", "data.eval_batch_size")
+# values a resume does not use: the loader's workers, and the calibration batches (a resume reads the importance
+# and depth orders from its checkpoint instead of measuring them again)
+HARMLESS = ("data.num_workers", "data.eval_batch_size", "nesting.reorder_batches")
 IGNORED = ("ckpt_path", "run_dir", "resumed", "name")  # what differs by nature, or names only
 
 
