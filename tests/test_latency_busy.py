@@ -71,7 +71,9 @@ def test_timings_say_whether_the_machine_was_free(nested, monkeypatch, passes, s
 
 def test_a_real_measurement_reports_its_cpu_share(nested):
     timing = measure.time_subnets(nested, ["depth=1,heads=2"], INPUTS, warmup=1, repeats=5, threads=1)[0]
-    assert timing.ms > 0 and 0 < timing.cpu_share <= 1.5 and timing.spread >= 0
+    # process time counts every thread of the process (a test runner's or a logger's too), so a free
+    # machine can read above 1; only the lower side (other processes holding the core) is asserted
+    assert timing.ms > 0 and timing.cpu_share > 0 and timing.spread >= 0
 
 
 @pytest.fixture
