@@ -28,6 +28,7 @@ runs are cached in bench/out/quality/cache (bench/quality_runs.py says by what).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -67,6 +68,13 @@ def seeds_for(case: C.Case, args: argparse.Namespace) -> tuple[list[int], str]:
 def plan(case: C.Case, args: argparse.Namespace, runner: Runner) -> Plan:
     from sortednet.train.config import check
 
+    if args.variants:
+        unknown = sorted(set(args.variants) - set(case.variants))
+        if unknown:
+            raise SystemExit(
+                f"--variants {unknown} not twins of {case.recipe}; allowed: {list(case.variants)}"
+            )
+        case = dataclasses.replace(case, variants={v: case.variants[v] for v in args.variants})
     overrides = [*(case.quick if args.quick else case.full), *args.set]
     base = C.compose(case.recipe, overrides)
     nested = C.compose(case.recipe, [*overrides, *args.nested_set])
@@ -175,6 +183,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--threads", type=int, default=2, help="torch threads (1 on a machine shared with jobs)"
+    )
+    parser.add_argument(
+        "--variants", nargs="+", help="only these twin variants (minilm_nested: cls, mean; default: all)"
     )
     parser.add_argument("--tag", default="", help="results-<tag>.md/json (default: quick or full)")
     args = parser.parse_args(argv)

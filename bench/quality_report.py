@@ -197,7 +197,7 @@ def markdown(header: dict[str, Any], results: list[dict[str, Any]]) -> str:
     lines = [
         f"`{header['command']}`",
         "",
-        f"{header['date']}; code {header['code']} (HEAD + hash of uncommitted sortednet/ changes); "
+        f"{header['date']}; code {header['code']} (the tree of sortednet/ + hash of uncommitted changes to it); "
         f"{versions}.",
         "",
         EQUAL_ON_BOTH_SIDES,

@@ -89,12 +89,13 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def code_state(repo: Path) -> str:
-    """HEAD, plus a hash of `git diff HEAD -- sortednet` and of the untracked files under sortednet/."""
+    """The committed tree of sortednet/ (not HEAD: a commit of docs or benchmarks keeps the cache), plus a hash
+    of `git diff HEAD -- sortednet` and of the untracked files under sortednet/."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
 
-    head = git("rev-parse", "HEAD").strip()
+    head = git("rev-parse", "HEAD:sortednet").strip()
     digest = hashlib.sha256(git("diff", "HEAD", "--", "sortednet").encode())
     for path in sorted(git("ls-files", "--others", "--exclude-standard", "--", "sortednet").split()):
         digest.update(path.encode() + (repo / path).read_bytes())

@@ -52,6 +52,13 @@ def test_code_state_changes_with_uncommitted_and_untracked_library_files_only(tm
     assert edited != clean and edited.split("+")[0] == clean.split("+")[0]
     (tmp_path / "sortednet" / "b.py").write_text("y = 1\n")
     assert code_state(tmp_path) not in (clean, edited)
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "code")
+    committed = code_state(tmp_path)
+    assert committed.split("+")[0] != clean.split("+")[0]
+    (tmp_path / "README.md").write_text("more docs\n")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "docs only")
+    assert code_state(tmp_path) == committed
 
 
 def test_equal_compute_steps_give_the_nested_run_the_passes_of_all_twins():
