@@ -183,3 +183,31 @@ def test_recipe_composes_and_trains_two_steps(name, tmp_path):
         assert len(meta["char_vocab"]) == nested.model.config.vocab_size
     assert len(rows) == min(len(nested.space), 64)
     assert rows[0]["params"] <= rows[-1]["params"]
+
+
+@pytest.mark.parametrize(
+    "overrides, layers, distill",
+    [
+        (
+            [],
+            "depth=k keeps the first k layers (nesting.depth_order=prefix)",
+            "in place from the largest member",
+        ),
+        (
+            [
+                "nesting.depth_order=influence",
+                "train.distill.teacher=finetune",
+                "train.distill.teacher_steps=50",
+            ],
+            "depth=k keeps the k first of nesting.depth_order=influence, in their original order",
+            "from the full model fine-tuned alone first for 50 steps, frozen",
+        ),
+    ],
+)
+def test_the_check_summary_says_which_layers_depth_keeps_and_the_teacher(overrides, layers, distill):
+    from sortednet.train.config import check
+
+    summary = dict(check(compose_recipe("minilm_nested", overrides)).summary())
+    assert summary["layers"] == layers
+    assert summary["distill"].startswith(distill)
+    assert "layers" not in dict(check(compose_recipe("snnet_digits", [])).summary())

@@ -24,7 +24,7 @@ from .compiled import check_compile
 from .eval_callback import check_eval_callback
 from .maestro import MaestroCallback
 from .models import ModelSpec
-from .options import Optim, Train, check_distill, check_distill_stitched, check_trainer
+from .options import TEACHER_PHASE, Optim, Train, check_distill, check_distill_stitched, check_trainer
 from .reorder import Reorder
 from .resume import changes as resume_changes
 from .stitching import Stitching
@@ -84,6 +84,22 @@ class RunConfig:
         default_factory=list
     )  # (key, checkpoint's, now): applied
 
+    def layer_order(self) -> str:
+        """Which layers depth=k keeps, for the summary ('' without a depth dimension)."""
+        if "depth" not in getattr(self.space, "values", {}):
+            return ""
+        return _phrase(getattr(self.space, "depth_order", None))
+
+    def distilled(self) -> str:
+        distill = self.train.distill
+        if not distill.enabled:
+            return "off"
+        if distill.teacher is None:
+            return f"in place from the largest member of each step (alpha {distill.alpha}, T {distill.temperature})"
+        if distill.teacher == TEACHER_PHASE:
+            return f"from the full model fine-tuned alone first for {distill.teacher_steps} steps, frozen"
+        return f"from the frozen teacher {distill.teacher}"
+
     def summary(self) -> list[tuple[str, str]]:
         """One screen: what the run will train and how (sortednet-train --check)."""
         space, trainer = self.space, self.nodes["trainer"]
@@ -110,6 +126,8 @@ class RunConfig:
                 ", ".join(map(str, self.val_subnets)) if self.val_subnets else "smallest, middle, largest",
             ),
             ("eval table", f"{evaluated} on the validation set" if self.eval_table.enabled else "off"),
+            *((("layers", order),) if (order := self.layer_order()) else ()),
+            ("distill", self.distilled()),
             ("resume", self.ckpt_path or "no"),
             *(
                 (f"  {key}", f"{new!r} (the checkpoint's {old!r}), applied")
@@ -125,6 +143,12 @@ class RunConfig:
             if self.stitching and self.stitching.pretrain_steps
             else []
         )
+
+
+def _phrase(order: object) -> str:
+    if order is None:
+        return "depth=k keeps the first k layers (nesting.depth_order=prefix)"
+    return f"depth=k keeps the k first of nesting.depth_order={order}, in their original order"
 
 
 def split_nesting(nesting: Mapping[str, Any]) -> tuple[dict[str, Any], Reorder]:
