@@ -109,6 +109,13 @@ def plan_lines(r: dict[str, Any]) -> list[str]:
             f"{r['compute_steps']} (rounded) = {r['compute_steps'] * acc * k:,} passes{same}; target "
             f"{sign} {S.EQUAL_COMPUTE[metric]:.2f} x alone."
         )
+    if r.get("teacher_passes"):
+        lines.append(
+            f"- **Not counted above:** the nested run first fine-tunes the full model alone for "
+            f"{r['teacher_passes']:,} passes (`train.distill.teacher=finetune`, the teacher), and runs the frozen "
+            f"teacher forward on every step (about a third of a pass each): {r['teacher_passes']:,} passes and "
+            f"{r['nested_steps'] * acc:,} teacher forwards more than (a) and (b) say, so (b) is not equal compute."
+        )
     lines.append(
         f"- Passes to reach: the nested run's passes until the mean over seeds of its validation curve "
         f"({r['reach_column']}; every {plural(r['every'], 'step')} = "
@@ -141,7 +148,7 @@ def table(r: dict[str, Any]) -> list[str]:
             cells += [
                 spread_text(metric, b["nested"], row["compute_cached"]),
                 f"{b['ratio']:.3f}",
-                verdict(b["ok"], True),
+                "not equal compute" if r.get("teacher_passes") else verdict(b["ok"], True),
             ]
         cells += [reach_text(row["reach"], twin_passes), resolution_text(metric, row["resolution"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -154,15 +161,19 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     a_ok = sum(row["steps"]["ok"] for row in rows)
     within = "within target" if r["equal_steps"] else "in band"
     text = f"(a): {a_ok} of {len(rows)} {within}, worst ratio {worst:.3f}."
-    if r["compute_steps"] is not None:
+    extra = r.get("teacher_passes", 0)
+    if r["compute_steps"] is not None and extra:
+        text += f" (b): not equal compute (a teacher phase of {extra:,} passes first, not counted)."
+    elif r["compute_steps"] is not None:
         b_ok = sum(row["compute"]["ok"] for row in rows)
         text += f" (b): {b_ok} of {len(rows)} within target."
     reached = [row["reach"]["passes"] for row in rows]
     n_twin = r["steps"] * r["accumulate"] * len(rows)
     if all(p is not None for p in reached):
         text += (
-            f" Every shape reached its twin's mean by {max(reached):,} nested passes; its {len(rows)} twins "
-            f"took {n_twin:,} together ({max(reached) / n_twin:.2f} x)."
+            f" Every shape reached its twin's mean by {max(reached):,} nested passes"
+            + (f" after the teacher's {extra:,}" if extra else "")
+            + f"; its {len(rows)} twins took {n_twin:,} together ({(max(reached) + extra) / n_twin:.2f} x)."
         )
     else:
         text += f" {sum(p is None for p in reached)} shape(s) did not reach their twin's mean."

@@ -98,6 +98,15 @@ def wall(runs: list[Trained]) -> dict[str, float]:
     }
 
 
+def teacher_passes(p: Plan) -> int:
+    """Passes of a `train.distill.teacher=finetune` phase (the full model alone, before nesting): compute the
+    nested columns do not count."""
+    distill = p.nested.train.distill
+    if not distill.enabled or distill.get("teacher") != "finetune":
+        return 0
+    return int(distill.teacher_steps) * p.accumulate
+
+
 def summarize(
     p: Plan,
     twins: dict[str, dict[str, list[Trained]]],
@@ -131,5 +140,6 @@ def summarize(
         "equal_steps": equal_steps,
         "equal_steps_ok": not equal_steps or all(r["steps"]["ok"] for r in rows),
         "rows": rows,
+        "teacher_passes": teacher_passes(p),
         "wall": {"alone": wall(all_twins), "nested": wall(nested_runs), "sizing": wall([p.sizing])},
     }

@@ -153,3 +153,26 @@ def test_a_twin_is_the_recipe_with_a_space_of_its_one_member(recipe, member):
     assert [str(m) for m in checked.space] == [member]
     assert checked.sampler.k == 1
     assert twin_cfg.optim == cfg.optim and twin_cfg.trainer.max_steps == cfg.trainer.max_steps
+
+
+def test_a_teacher_phase_is_counted_and_b_is_not_called_equal_compute():
+    from bench.quality_report import summary_lines
+    from bench.quality_summary import teacher_passes
+
+    nested = C.compose("minilm_nested", ["train.distill.teacher=finetune", "train.distill.teacher_steps=40"])
+    plan = SimpleNamespace(nested=nested, accumulate=2)
+    assert teacher_passes(plan) == 80
+    assert teacher_passes(SimpleNamespace(nested=C.compose("minilm_nested", []), accumulate=1)) == 0
+    row = {
+        "steps": {"ratio": 1.01, "ok": True},
+        "compute": {"ok": True},
+        "reach": {"passes": 150},
+        "val_count": 100,
+        "resolution": SimpleNamespace(enough=True),
+    }
+    r = {"rows": [row], "metric": "accuracy", "equal_steps": True, "compute_steps": 100, "steps": 100}
+    w = {"measured": 1.0, "measured_runs": 1, "cached": 0.0, "cached_runs": 0}
+    r |= {"accumulate": 1, "wall": {"nested": w, "alone": w, "sizing": w}, "teacher_passes": 80}
+    text = summary_lines(r)[0]
+    assert "(b): not equal compute (a teacher phase of 80 passes first, not counted)" in text
+    assert "after the teacher's 80; its 1 twins took 100 together (2.30 x)" in text
