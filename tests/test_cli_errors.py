@@ -218,6 +218,7 @@ def test_pretrained_models_train_with_dropout_unless_asked(train_mode, tmp_path)
         f"data.data_files={{train:{files['train']},validation:{files['validation']}}}",
         "nesting.depth=[1,2]",
         "nesting.ffn=[0.5,1.0]",
+        "train.distill.teacher_steps=2",
     )
     _, module = build(check(cfg), tmp_path)
     assert all(m.training for m in module.nested.modules()) is train_mode

@@ -108,7 +108,7 @@ def hub_free_overrides(name: str, tmp_path: Path) -> list[str]:
     if name == "shakespeare_gpt2":
         return ["data.max_chars=200000", "data.batch_size=8"]
     if name == "minilm_nested":
-        return ["data.batch_size=8", "data.max_length=64"]
+        return ["data.batch_size=8", "data.max_length=64", "train.distill.teacher_steps=2"]
     if name == "usnet_cifar10":  # digits in place of the Hub's CIFAR-10, a narrow ResNet, the CPU
         return [
             "trainer=cpu",
@@ -189,7 +189,7 @@ def test_recipe_composes_and_trains_two_steps(name, tmp_path):
     "overrides, layers, distill",
     [
         (
-            [],
+            ["train.distill.teacher=null", "train.distill.teacher_steps=0", "nesting.depth_order=prefix"],
             "depth=k keeps the first k layers (nesting.depth_order=prefix)",
             "in place from the largest member",
         ),
