@@ -88,7 +88,10 @@ class RunConfig:
         """Which layers depth=k keeps, for the summary ('' without a depth dimension)."""
         if "depth" not in getattr(self.space, "values", {}):
             return ""
-        return _phrase(getattr(self.space, "depth_order", None))
+        order = getattr(self.space, "depth_order", None)
+        if order is None:
+            return "depth=k keeps the first k layers (nesting.depth_order=prefix)"
+        return f"depth=k keeps the k first of nesting.depth_order={order}, in their original order"
 
     def distilled(self) -> str:
         distill = self.train.distill
@@ -143,12 +146,6 @@ class RunConfig:
             if self.stitching and self.stitching.pretrain_steps
             else []
         )
-
-
-def _phrase(order: object) -> str:
-    if order is None:
-        return "depth=k keeps the first k layers (nesting.depth_order=prefix)"
-    return f"depth=k keeps the k first of nesting.depth_order={order}, in their original order"
 
 
 def split_nesting(nesting: Mapping[str, Any]) -> tuple[dict[str, Any], Reorder]:
