@@ -85,6 +85,8 @@ def plan(case: C.Case, args: argparse.Namespace, runner: Runner) -> Plan:
     )
     checked = check(nested)
     k, steps = checked.sampler.k, int(base.trainer.max_steps)
+    distill = checked.train.distill
+    teacher = distill.teacher_steps if distill.enabled else 0  # > 0 only with a teacher phase
     seeds, note = seeds_for(case, args)
     return Plan(
         case,
@@ -96,9 +98,10 @@ def plan(case: C.Case, args: argparse.Namespace, runner: Runner) -> Plan:
         seeds,
         steps,
         args.nested_steps or steps,
-        S.equal_compute_steps(steps, len(shapes), k) if args.equal_compute else None,
+        S.equal_compute_steps(steps, len(shapes), k, teacher) if args.equal_compute else None,
         k,
         checked.train.accumulate,
+        teacher,
         max(1, steps // case.curve_points),
         note,
         sizing,

@@ -102,19 +102,27 @@ def plan_lines(r: dict[str, Any]) -> list[str]:
             f"passes against twins of {r['steps']} steps; the ratio is set against the "
             f"{S.EQUAL_STEPS[metric]:.2f} band ('in band'), which is not a pass at equal steps."
         )
-    if r["compute_steps"] is not None:
+    extra = r.get("teacher_passes", 0)
+    if r["compute_steps"] is not None and extra:
+        lines.append(
+            f"- (b) equal compute, the teacher counted: the nested run first fine-tunes the full model alone "
+            f"(`train.distill.teacher=finetune`, {extra:,} passes) and runs the frozen teacher forward on every "
+            f"step (a third of a pass); nested steps = (steps x n_twins - teacher steps) / (k + 1/3) = "
+            f"({r['steps']} x {n} - {extra // acc}) / ({k} + 1/3) = {r['compute_steps']} (rounded) = "
+            f"{r['compute_steps'] * acc * k:,} passes + {r['compute_steps'] * acc:,} teacher forwards; target "
+            f"{sign} {S.EQUAL_COMPUTE[metric]:.2f} x alone."
+        )
+    elif r["compute_steps"] is not None:
         same = " (the same runs as (a))" if r["compute_is_steps_run"] else ""
         lines.append(
             f"- (b) equal compute: nested steps = steps x n_twins / k = {r['steps']} x {n} / {k} = "
             f"{r['compute_steps']} (rounded) = {r['compute_steps'] * acc * k:,} passes{same}; target "
             f"{sign} {S.EQUAL_COMPUTE[metric]:.2f} x alone."
         )
-    if r.get("teacher_passes"):
+    if extra:
         lines.append(
-            f"- **Not counted above:** the nested run first fine-tunes the full model alone for "
-            f"{r['teacher_passes']:,} passes (`train.distill.teacher=finetune`, the teacher), and runs the frozen "
-            f"teacher forward on every step (about a third of a pass each): {r['teacher_passes']:,} passes and "
-            f"{r['nested_steps'] * acc:,} teacher forwards more than (a) and (b) say, so (b) is not equal compute."
+            f"- **(a) does not count the teacher:** {extra:,} passes and {r['nested_steps'] * acc:,} teacher "
+            "forwards more than its passes say."
         )
     lines.append(
         f"- Passes to reach: the nested run's passes until the mean over seeds of its validation curve "
@@ -148,7 +156,7 @@ def table(r: dict[str, Any]) -> list[str]:
             cells += [
                 spread_text(metric, b["nested"], row["compute_cached"]),
                 f"{b['ratio']:.3f}",
-                "not equal compute" if r.get("teacher_passes") else verdict(b["ok"], True),
+                verdict(b["ok"], True),
             ]
         cells += [reach_text(row["reach"], twin_passes), resolution_text(metric, row["resolution"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -162,11 +170,10 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
     within = "within target" if r["equal_steps"] else "in band"
     text = f"(a): {a_ok} of {len(rows)} {within}, worst ratio {worst:.3f}."
     extra = r.get("teacher_passes", 0)
-    if r["compute_steps"] is not None and extra:
-        text += f" (b): not equal compute (a teacher phase of {extra:,} passes first, not counted)."
-    elif r["compute_steps"] is not None:
+    if r["compute_steps"] is not None:
         b_ok = sum(row["compute"]["ok"] for row in rows)
-        text += f" (b): {b_ok} of {len(rows)} within target."
+        counted = " (the teacher phase counted)" if extra else ""
+        text += f" (b){counted}: {b_ok} of {len(rows)} within target."
     reached = [row["reach"]["passes"] for row in rows]
     n_twin = r["steps"] * r["accumulate"] * len(rows)
     if all(p is not None for p in reached):

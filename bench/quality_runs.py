@@ -196,6 +196,7 @@ class Plan:
     compute_steps: int | None  # column (b); None: --no-equal-compute
     k: int  # subnets (forward/backward passes) per nested batch
     accumulate: int
+    teacher_steps: int  # a `train.distill.teacher=finetune` phase before the nested steps (0: none)
     every: int  # batches between the nested runs' validations
     seeds_note: str
     sizing: Trained  # the one-step run that gave every sub-model's parameter count

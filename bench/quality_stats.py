@@ -51,10 +51,18 @@ def meets(metric: str, ratio: float, target: float) -> bool:
     return ratio >= target if higher_is_better(metric) else ratio <= target
 
 
-def equal_compute_steps(steps: int, n_twins: int, k: int) -> int:
+TEACHER_FORWARD = 1 / 3  # a frozen teacher's forward on a nested step, in passes (no backward)
+
+
+def equal_compute_steps(steps: int, n_twins: int, k: int, teacher_steps: int = 0) -> int:
     """Nested steps with as many forward/backward passes as all twins together: a twin step is 1 pass, a
-    nested step k (its sampler's subnets per step); steps x n_twins / k, rounded, at least 1."""
-    return max(1, round(steps * n_twins / k))
+    nested step k (its sampler's subnets per step); steps x n_twins / k, rounded, at least 1. A teacher
+    phase (`train.distill.teacher=finetune`: the full model alone first, 1 pass a step) is paid first, and
+    its frozen forward adds a third of a pass to every nested step: (steps x n_twins - teacher_steps) /
+    (k + 1/3)."""
+    if not teacher_steps:
+        return max(1, round(steps * n_twins / k))
+    return max(1, round((steps * n_twins - teacher_steps) / (k + TEACHER_FORWARD)))
 
 
 # ---- validation curves ---------------------------------------------------------------------------------

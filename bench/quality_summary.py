@@ -99,12 +99,8 @@ def wall(runs: list[Trained]) -> dict[str, float]:
 
 
 def teacher_passes(p: Plan) -> int:
-    """Passes of a `train.distill.teacher=finetune` phase (the full model alone, before nesting): compute the
-    nested columns do not count."""
-    distill = p.nested.train.distill
-    if not distill.enabled or distill.get("teacher") != "finetune":
-        return 0
-    return int(distill.teacher_steps) * p.accumulate
+    """Passes of a `train.distill.teacher=finetune` phase (the full model alone, before nesting)."""
+    return p.teacher_steps * p.accumulate
 
 
 def summarize(

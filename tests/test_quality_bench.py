@@ -155,17 +155,22 @@ def test_a_twin_is_the_recipe_with_a_space_of_its_one_member(recipe, member):
     assert twin_cfg.optim == cfg.optim and twin_cfg.trainer.max_steps == cfg.trainer.max_steps
 
 
-def test_a_teacher_phase_is_counted_and_b_is_not_called_equal_compute():
+def test_a_teacher_phase_is_paid_from_the_equal_compute_budget():
+    # 3 twins x 100 steps = 300 passes; the teacher's 100 first, then 3 passes + a third per nested step
+    assert S.equal_compute_steps(100, 3, 3, teacher_steps=100) == 60
+    assert S.equal_compute_steps(100, 3, 3, teacher_steps=0) == 100
+    assert S.equal_compute_steps(10, 1, 3, teacher_steps=50) == 1  # at least one step
+
+
+def test_a_teacher_phase_is_counted_in_b_and_said_in_a():
     from bench.quality_report import summary_lines
     from bench.quality_summary import teacher_passes
 
-    nested = C.compose("minilm_nested", ["train.distill.teacher=finetune", "train.distill.teacher_steps=40"])
-    plan = SimpleNamespace(nested=nested, accumulate=2)
-    assert teacher_passes(plan) == 80
-    assert teacher_passes(SimpleNamespace(nested=C.compose("digits_vit", []), accumulate=1)) == 0
+    assert teacher_passes(SimpleNamespace(teacher_steps=40, accumulate=2)) == 80
+    assert teacher_passes(SimpleNamespace(teacher_steps=0, accumulate=1)) == 0
     row = {
         "steps": {"ratio": 1.01, "ok": True},
-        "compute": {"ok": True},
+        "compute": {"ok": False},
         "reach": {"passes": 150},
         "val_count": 100,
         "resolution": SimpleNamespace(enough=True),
@@ -174,5 +179,5 @@ def test_a_teacher_phase_is_counted_and_b_is_not_called_equal_compute():
     w = {"measured": 1.0, "measured_runs": 1, "cached": 0.0, "cached_runs": 0}
     r |= {"accumulate": 1, "wall": {"nested": w, "alone": w, "sizing": w}, "teacher_passes": 80}
     text = summary_lines(r)[0]
-    assert "(b): not equal compute (a teacher phase of 80 passes first, not counted)" in text
+    assert "(b) (the teacher phase counted): 0 of 1 within target" in text
     assert "after the teacher's 80; its 1 twins took 100 together (2.30 x)" in text
