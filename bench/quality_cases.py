@@ -48,14 +48,7 @@ class Case:
 CASES = {
     "digits_vit": Case("digits_vit", "accuracy", 6, 3, ["trainer.max_steps=200"], DIGITS_SEEDS),
     "swin_digits": Case("swin_digits", "accuracy", None, 3, ["trainer.max_steps=200"], DIGITS_SEEDS),
-    "maestro_digits": Case(
-        "maestro_digits",
-        "accuracy",
-        6,
-        3,
-        ["trainer.max_steps=200", "train.rank.shrink_every=50"],
-        DIGITS_SEEDS,
-    ),
+    "maestro_digits": Case("maestro_digits", "accuracy", 6, 3, ["trainer.max_steps=200"], DIGITS_SEEDS),
     "slimmable_resnet_digits": Case(
         "slimmable_resnet_digits", "accuracy", None, 3, ["trainer.max_steps=150"], DIGITS_SEEDS
     ),
