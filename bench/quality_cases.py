@@ -83,6 +83,14 @@ CASES = {
         ["trainer.max_steps=100", "stitch.pretrain_steps=200"],
         DIGITS_SEEDS + " and the anchors' pretraining (stitch.pretrain_steps, seeded by seed)",
     ),
+    "snnetv2_digits": Case(
+        "snnetv2_digits",
+        "accuracy",
+        6,
+        3,
+        ["trainer.max_steps=100", "stitch.pretrain_steps=200"],
+        DIGITS_SEEDS + " and the anchors' pretraining (stitch.pretrain_steps, seeded by seed)",
+    ),
 }
 
 

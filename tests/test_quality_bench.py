@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -144,7 +145,12 @@ def test_shapes_hold_the_smallest_the_middle_and_the_largest():
 
 
 @pytest.mark.parametrize(
-    ("recipe", "member"), [("digits_vit", "depth=4,heads=2,ffn=0.5"), ("snnet_digits", "small:2>medium:2")]
+    ("recipe", "member"),
+    [
+        ("digits_vit", "depth=4,heads=2,ffn=0.5"),
+        ("snnet_digits", "small:2>medium:2"),
+        ("snnetv2_digits", "small:4>large:4-5>small:5"),
+    ],
 )
 def test_a_twin_is_the_recipe_with_a_space_of_its_one_member(recipe, member):
     cfg = C.compose(recipe, [])
@@ -181,3 +187,9 @@ def test_a_teacher_phase_is_counted_in_b_and_said_in_a():
     text = summary_lines(r)[0]
     assert "(b) (the teacher phase counted): 0 of 1 within target" in text
     assert "after the teacher's 80; its 1 twins took 100 together (2.30 x)" in text
+
+
+def test_every_offline_recipe_has_a_case():
+    recipes = {p.stem for p in (Path(C.__file__).parents[1] / "recipes").glob("*.yaml")}
+    hub_or_gpu = {"matformer_llama", "snnet_deit", "snnetv2_deit", "sortednet_bert_glue", "usnet_cifar10"}
+    assert set(C.CASES) == recipes - hub_or_gpu
